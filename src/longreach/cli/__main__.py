@@ -1,0 +1,5 @@
+"""`python -m longreach.cli ...` (what torchrun launches)."""
+
+from longreach.cli import main
+
+main()

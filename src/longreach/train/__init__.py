@@ -1,0 +1,1 @@
+"""Training engine: one loop for continued pretraining and every SFT stage."""

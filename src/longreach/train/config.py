@@ -1,0 +1,37 @@
+"""Training configuration: every default lives here; YAML files and --set flags override it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    model: str = ""  # start: HF folder (weights, or config.json only for a random init) or a .gguf file
+    data: str = ""  # packed shards folder written by `longreach data prepare` (or the SFT packer)
+    out: str = "runs/train"  # run folder: checkpoints/, metrics.jsonl, config.yaml
+    stage: str = "pretrain"  # name recorded in checkpoint metadata: pretrain, sft1, sft2, sft3, ...
+    max_steps: int = 100  # optimizer steps
+    micro_batch: int = 1  # sequences per forward pass (per data-parallel rank)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 3e-5  # peak learning rate (ChatQA 2 continued pretraining: 3e-5)
+    min_lr: float = 0.0  # floor of the cosine schedule
+    warmup_steps: int = 0  # linear warm-up steps
+    schedule: str = "cosine"  # cosine (warm-up then cosine to min_lr) or constant (after warm-up)
+    weight_decay: float = 0.1  # AdamW decay on matrices (not on norms or biases)
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
+    grad_clip: float = 1.0  # max global gradient norm (0 = off)
+    seed: int = 0  # data order and random initialisation
+    precision: str = "auto"  # auto: bf16 autocast + fp32 master weights on GPU, fp32 on CPU; or fp32 / bf16
+    attn: str = "sdpa"  # attention implementation (sdpa picks cuDNN/flash on H100 with is_causal)
+    activation_checkpointing: bool = False  # recompute each decoder layer in backward (long sequences)
+    loss_chunk_tokens: int = 4096  # tokens per chunk of the output projection + cross-entropy
+    doc_mask: bool = False  # attention isolated per packed document (positions restart); off as in ChatQA 2
+    context_parallel: int = 1  # ranks that split one sequence (torch context parallel); 1 = off
+    compile: bool = False  # torch.compile each decoder layer
+    save_every: int = 100  # checkpoint every N steps (and always at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept; older ones deleted after a newer one is complete
+    log_every: int = 1  # steps between metric lines
+    resume: bool = True  # continue from the run folder's newest checkpoint if there is one
+    progress: bool = True  # progress bar on stderr

@@ -1,0 +1,360 @@
+"""The training loop: continued pretraining and every SFT stage (reads top to bottom).
+
+    data -> forward -> loss -> step -> log -> checkpoint
+
+Run:
+    longreach train --config configs/demo-cpu.yaml            # CPU or one GPU
+    torchrun --nproc-per-node 2 -m longreach.cli train --config FILE   # FSDP2 (+ context_parallel: 2)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from longreach import config as config_io
+from longreach.errors import InputError, TrainingDiverged
+from longreach.train import attention, checkpoint, context_parallel, parallel
+from longreach.train.config import TrainConfig
+from longreach.train.loss import IGNORE, chunked_cross_entropy, shift_labels
+
+
+# ----------------------------------------------------------------------------- model
+
+def load_start(path: str, attn: str, seed: int):
+    """Model + tokenizer to start from: weights if the folder has them, else a seeded random init."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path)
+    if p.suffix == ".gguf":
+        from longreach.model.load import load_model
+        return load_model(path, dtype=torch.float32, device="cpu")
+    if p.is_dir() and (any(p.glob("*.safetensors")) or (p / "pytorch_model.bin").exists()):
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32, attn_implementation=attn)
+        return model, AutoTokenizer.from_pretrained(p) if _has_tokenizer(p) else None
+    if not (p / "config.json").is_file():
+        raise InputError("neither model weights nor config.json found", path=str(p), field="model")
+    cfg = AutoConfig.from_pretrained(p)
+    cfg._attn_implementation = attn
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    return model, (AutoTokenizer.from_pretrained(p) if _has_tokenizer(p) else None)
+
+
+def _has_tokenizer(p: Path) -> bool:
+    return (p / "tokenizer_config.json").exists() or (p / "tokenizer.json").exists()
+
+
+class CausalLMLoss(torch.nn.Module):
+    """A causal LM whose forward returns the summed next-token loss, never the full logits.
+
+    Wrapping (rather than calling `lm.model` from outside) keeps FSDP2's root hooks in charge of the
+    embeddings, final norm and output layer. loss_impl: "chunked" (ours, train/loss.py) or "liger"
+    (liger-kernel's fused linear cross-entropy, GPU only, when installed).
+    """
+
+    def __init__(self, lm: torch.nn.Module, chunk_tokens: int, loss_impl: str = "chunked"):
+        super().__init__()
+        self.lm, self.chunk_tokens, self.loss_impl = lm, chunk_tokens, loss_impl
+        if loss_impl == "liger":
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+            self._liger = LigerFusedLinearCrossEntropyLoss(reduction="sum", ignore_index=IGNORE)
+        elif loss_impl != "chunked":
+            raise InputError(f"unknown loss implementation {loss_impl!r}; known: chunked, liger", field="loss")
+
+    def forward(self, input_ids, labels, position_ids=None, attention_mask=None) -> torch.Tensor:
+        if (attention_mask is None and position_ids is not None
+                and self.lm.config._attn_implementation == attention.FLEX_NAME):
+            # Packed documents (positions restart at 0): one sparse block mask per micro-batch, for all layers.
+            attention_mask = attention.doc_block_mask(position_ids)
+        hidden = self.lm.model(input_ids=input_ids, position_ids=position_ids,
+                               attention_mask=attention_mask).last_hidden_state
+        weight = self.lm.get_output_embeddings().weight
+        if self.loss_impl == "liger":
+            # The fused kernel multiplies in its inputs' dtype: give it bf16 like autocast would.
+            dt = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) \
+                else hidden.dtype
+            return self._liger(weight.to(dt), hidden.reshape(-1, hidden.shape[-1]).to(dt),
+                               labels.reshape(-1)).float()
+        return chunked_cross_entropy(hidden, weight, labels, self.chunk_tokens)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for _, prm in model.named_parameters():
+        if prm.requires_grad:
+            (decay if prm.ndim >= 2 else no_decay).append(prm)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warm-up, then cosine or constant."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    frac = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * frac))
+
+
+# ----------------------------------------------------------------------------- data
+
+class Batches:
+    """Deterministic, resumable stream of micro-batches from packed shards.
+
+    The position is a count of sequences consumed globally; sequence k of the stream is
+    order(epoch = k // n)[k % n]. A resumed run restores the position and sees exactly the same batches.
+    """
+
+    def __init__(self, data_dir: str, seed: int, d: parallel.Dist, dense_doc_mask: bool = True):
+        from longreach.data.shards import PackedShards, epoch_order
+        self.dense_doc_mask = dense_doc_mask  # False: doc_mask as position_ids only (FlexAttention block mask)
+        self.shards = PackedShards(data_dir)
+        self.n = len(self.shards)
+        if self.n == 0:
+            raise InputError("the shards hold no sequence", path=data_dir, field="data")
+        self.seed, self.d, self._epoch_order = seed, d, epoch_order
+        self._order_epoch, self._order = -1, None
+        self.position = 0
+
+    def _index(self, k: int) -> int:
+        epoch = k // self.n
+        if epoch != self._order_epoch:
+            self._order, self._order_epoch = self._epoch_order(self.n, self.seed, epoch), epoch
+        return int(self._order[k % self.n])
+
+    def next_step(self, micro_batch: int, grad_accum: int, doc_mask: bool) -> list[dict[str, torch.Tensor]]:
+        """All micro-batches of one optimizer step for this rank; advances the global position."""
+        per_step = micro_batch * grad_accum * self.d.dp
+        base = self.position
+        self.position += per_step
+        out = []
+        for a in range(grad_accum):
+            rows = [self._index(base + (a * self.d.dp + self.d.dp_rank) * micro_batch + b)
+                    for b in range(micro_batch)]
+            out.append(self._collate(rows, doc_mask))
+        return out
+
+    def _collate(self, rows: list[int], doc_mask: bool) -> dict[str, torch.Tensor]:
+        items = [self.shards[i] for i in rows]
+        ids = torch.from_numpy(np.stack([it["input_ids"] for it in items])).long()
+        mask = None
+        if "loss_mask" in items[0]:
+            mask = torch.from_numpy(np.stack([it["loss_mask"] for it in items]))
+        batch = {"input_ids": ids, "labels": shift_labels(ids, mask)}
+        if doc_mask:
+            starts = [self.shards.doc_starts(i) for i in rows]
+            batch.update(document_positions(ids.shape[1], starts, dense_mask=self.dense_doc_mask))
+            # A target in the next document is not predictable from this one: drop it from the loss.
+            first = torch.zeros_like(ids, dtype=torch.bool)
+            for r, s in enumerate(starts):
+                s = [x for x in s if 0 < x < ids.shape[1]]
+                first[r, [x - 1 for x in s]] = True
+            batch["labels"] = batch["labels"].masked_fill(first, IGNORE)
+        # Context parallel: each rank of a group keeps its two chunks of the sequence (labels already shifted).
+        return context_parallel.shard_batch(batch, self.d.cp, self.d.cp_rank)
+
+
+def document_positions(seq_len: int, doc_starts: list[np.ndarray], dense_mask: bool = True) -> dict[str, torch.Tensor]:
+    """Positions restarting at each document and, with dense_mask, a block-diagonal causal mask [B, 1, T, T]
+    (True = attend; for short sequences: at 128K it would be 16 GiB; FlexAttention needs only the positions)."""
+    pos = torch.zeros(len(doc_starts), seq_len, dtype=torch.long)
+    doc = torch.zeros(len(doc_starts), seq_len, dtype=torch.long)
+    for r, starts in enumerate(doc_starts):
+        bounds = sorted({0, *[int(s) for s in starts if 0 <= s < seq_len]}) + [seq_len]
+        for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            pos[r, a:b] = torch.arange(b - a)
+            doc[r, a:b] = j
+    if not dense_mask:
+        return {"position_ids": pos}
+    causal = torch.ones(seq_len, seq_len, dtype=torch.bool).tril()
+    mask = (doc[:, :, None] == doc[:, None, :]) & causal
+    return {"position_ids": pos, "attention_mask": mask[:, None]}
+
+
+# ----------------------------------------------------------------------------- loop
+
+def _precision(cfg: TrainConfig, device: torch.device):
+    if cfg.precision == "fp32" or (cfg.precision == "auto" and device.type != "cuda"):
+        return nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _metrics_restart(path: Path, step: int) -> None:
+    """Keep the metric lines up to the checkpoint a resumed run starts from (no duplicated steps)."""
+    if path.exists():
+        keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) a training run; returns a summary with the final loss and the last checkpoint."""
+    if not cfg.model or not cfg.data:
+        raise InputError("both `model` and `data` must be set", field="model" if not cfg.model else "data")
+    d = parallel.setup(cfg.context_parallel)
+    out = Path(cfg.out)
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        config_io.dump(cfg, out / "config.yaml")
+        checkpoint.clean_partial(out)
+
+    # --- data
+    batches = Batches(cfg.data, cfg.seed, d, dense_doc_mask=cfg.attn != attention.FLEX_NAME)
+    seq_len = batches.shards.seq_len
+    parallel.check_seq_len(seq_len, d.cp)
+    if cfg.doc_mask and d.cp > 1:
+        raise InputError("doc_mask is not supported with context_parallel > 1", field="doc_mask")
+
+    # --- model, optimizer; resume
+    resume_from = checkpoint.latest(out) if cfg.resume else None
+    attention.register()  # makes "longreach_flex" a valid attn
+    lm, tok = load_start(str(resume_from or cfg.model), cfg.attn, cfg.seed)
+    lm.config._attn_implementation = cfg.attn
+    start_meta = checkpoint.read_meta(resume_from or cfg.model)
+    lm.config.use_cache = False
+    parallel.configure_layers(lm, checkpointing="full" if cfg.activation_checkpointing else "off",
+                              compile=cfg.compile)
+    if d.cp > 1:
+        context_parallel.enable(lm, d.cp_group)
+    model = CausalLMLoss(lm, cfg.loss_chunk_tokens).to(d.device)
+    model = parallel.shard_model(model, d)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                            fused=d.device.type == "cuda")
+    step = 0
+    if resume_from is not None:
+        state = checkpoint.load_trainer_state(resume_from)
+        _load_optimizer(model, opt, state["optimizer"], d)
+        step, batches.position = state["step"], state["data_position"]
+        checkpoint.set_rng_state(state["rng"])
+        if d.main:
+            print(f"resuming from {resume_from} (step {step})", file=sys.stderr)
+            _metrics_restart(out / "metrics.jsonl", step)
+    autocast = _precision(cfg, d.device)
+    tok_hash = _tokenizer_hash(tok)
+    lineage = list(start_meta.get("lineage", [])) if resume_from is None else start_meta.get("lineage", [])
+    if resume_from is None:
+        lineage = lineage + [{"stage": start_meta.get("stage", "start"), "path": str(cfg.model),
+                              "step": start_meta.get("step")}]
+    meta = {"stage": cfg.stage, "config": config_io.to_dict(cfg), "tokenizer_hash": tok_hash,
+            "seq_len": seq_len, "data_manifest": batches.shards.manifest.get("config"), "lineage": lineage}
+
+    bar = _progress(cfg, d, step)
+    log = (out / "metrics.jsonl").open("a") if d.main else None
+    last_loss = float("nan")
+    model.train()
+    while step < cfg.max_steps:
+        t0 = time.perf_counter()
+        # --- data: every micro-batch of the step, so the loss can be normalised by the step's token count
+        micro = batches.next_step(cfg.micro_batch, cfg.grad_accum, cfg.doc_mask)
+        n_tokens = torch.tensor(float(sum(int((m["labels"] != IGNORE).sum()) for m in micro)), device=d.device)
+        n_tokens = parallel.all_reduce_sum(n_tokens, d)
+        if n_tokens.item() == 0:
+            raise InputError(f"step {step} has no token with a loss (all labels masked)", path=cfg.data)
+        # --- forward, loss, backward
+        loss_sum = forward_backward(model, micro, n_tokens, autocast, d)
+        loss_val = parallel.all_reduce_sum(loss_sum, d).item() / n_tokens.item()
+        # --- step
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
+                                               else float("inf"))
+        gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
+        if not (math.isfinite(loss_val) and math.isfinite(gnorm)):
+            last = checkpoint.latest(out)
+            raise TrainingDiverged(f"loss {loss_val} / gradient norm {gnorm} at step {step + 1}; "
+                                   f"the weights were not updated; last good checkpoint: {last or 'none'}")
+        lr = lr_at(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        last_loss = loss_val
+        # --- log
+        if d.device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        rec = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": gnorm, "tokens": int(n_tokens.item()),
+               "tokens_per_s": micro_tokens(micro) * d.world / dt, "step_time_s": dt,
+               "data_position": batches.position}
+        if d.device.type == "cuda":
+            rec["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        if log is not None and (step % cfg.log_every == 0 or step == cfg.max_steps):
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss_val:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+            bar.update(1)
+        # --- checkpoint
+        if step % cfg.save_every == 0 or step == cfg.max_steps:
+            _save(out, step, model, tok, opt, batches, meta, cfg, d)
+    if bar is not None:
+        bar.close()
+    if log is not None:
+        log.close()
+    final = checkpoint.latest(out)
+    parallel.teardown()
+    return {"run": str(out), "step": step, "loss": last_loss, "checkpoint": str(final) if final else None}
+
+
+def forward_backward(model: torch.nn.Module, micro: list[dict[str, torch.Tensor]], n_tokens: torch.Tensor,
+                     autocast, d: parallel.Dist) -> torch.Tensor:
+    """Forward and backward of every micro-batch of one step; returns this rank's summed loss (detached).
+
+    The benchmark (benchmarks/train_throughput.py) times this same function."""
+    loss_sum = torch.zeros((), device=d.device)
+    for m in micro:
+        m = {k: v.to(d.device, non_blocking=True) for k, v in m.items()}
+        with autocast():
+            loss = model(**m)
+        # Gradients are averaged over ranks, so scale by the world size to get the global token mean.
+        (loss * d.world / n_tokens).backward()
+        loss_sum += loss.detach()
+    return loss_sum
+
+
+def micro_tokens(micro: list[dict[str, torch.Tensor]]) -> int:
+    return sum(int(m["input_ids"].numel()) for m in micro)
+
+
+def _progress(cfg: TrainConfig, d: parallel.Dist, step: int):
+    if not (cfg.progress and d.main):
+        return None
+    from tqdm import tqdm
+    return tqdm(total=cfg.max_steps, initial=step, desc=f"train[{cfg.stage}]", file=sys.stderr,
+                dynamic_ncols=True)
+
+
+def _tokenizer_hash(tok) -> str | None:
+    if tok is None:
+        return None
+    from longreach.data.tokenize import tokenizer_hash
+    return tokenizer_hash(tok)
+
+
+def _save(out: Path, step: int, model, tok, opt, batches: Batches, meta: dict, cfg: TrainConfig,
+          d: parallel.Dist) -> None:
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_state = {k.removeprefix("lm."): v for k, v in get_model_state_dict(model, options=opts).items()}
+    optim_state = get_optimizer_state_dict(model, opt, options=opts)
+    if d.main:
+        state = {"step": step, "data_position": batches.position, "optimizer": optim_state,
+                 "rng": checkpoint.rng_state()}
+        checkpoint.save(out, step, model_state, model.lm, tok, state, meta, keep=cfg.keep_checkpoints)
+    if d.world > 1:
+        torch.distributed.barrier()
+
+
+def _load_optimizer(model, opt, optim_state: dict, d: parallel.Dist) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=d.world > 1)
+    set_optimizer_state_dict(model, opt, optim_state_dict=optim_state, options=opts)

@@ -1,0 +1,166 @@
+"""How the model is laid on the hardware: process groups, FSDP2, context parallel, checkpointing, compile.
+
+The same loop runs on one CPU, one GPU or many: with WORLD_SIZE unset the process-group parts are no-ops.
+Ranks are laid out as [data-parallel groups] x [context-parallel ranks]; the ranks of one context-parallel
+group read the same sequence and each keeps 1/cp of it (train/context_parallel.py). FSDP2 shards parameters,
+gradients and optimizer state over all ranks (dp x cp), so context parallel ranks share the memory of the
+weights too.
+
+Order, as in torchtitan: per-layer options (activation checkpointing, compile) first, then FSDP2 on top, so
+FSDP2's all-gather hooks stay outside the checkpointed and compiled region.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from longreach.errors import InputError
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    cp: int = 1  # context-parallel degree
+    device: torch.device = torch.device("cpu")
+    mesh: object | None = None  # DeviceMesh ("dp", "cp") when world > 1
+
+    @property
+    def dp(self) -> int:
+        return self.world // self.cp
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.cp
+
+    @property
+    def cp_rank(self) -> int:
+        return self.rank % self.cp
+
+    @property
+    def cp_group(self):
+        """Process group of this rank's context-parallel peers (None without context parallel)."""
+        return self.mesh["cp"].get_group() if self.cp > 1 else None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(context_parallel: int = 1) -> Dist:
+    """Initialise torch.distributed from torchrun's environment (NCCL on GPU, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world % context_parallel:
+        raise InputError(f"context_parallel={context_parallel} does not divide the world size {world}",
+                         field="context_parallel")
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    d = Dist(rank=rank, world=world, local_rank=local_rank, cp=context_parallel, device=device)
+    if world > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        from torch.distributed.device_mesh import init_device_mesh
+        d.mesh = init_device_mesh(device.type, (d.dp, d.cp), mesh_dim_names=("dp", "cp"))
+    return d
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def check_seq_len(seq_len: int, cp: int) -> None:
+    """Context parallel splits each sequence into 2*cp load-balanced pieces: the length must divide."""
+    if cp > 1 and seq_len % (2 * cp):
+        raise InputError(f"sequence length {seq_len} must be divisible by 2 x context_parallel = {2 * cp} "
+                         f"(load-balanced context parallel cuts each sequence into {2 * cp} equal pieces)",
+                         field="seq_len")
+
+
+CHECKPOINTING = ("off", "full", "mlp", "every:K")
+
+
+def configure_layers(lm: torch.nn.Module, checkpointing: str = "off", compile: bool = False,
+                     offload: bool = False) -> None:
+    """Per-decoder-layer speed/memory options, applied in place (parameter names are unchanged).
+
+    checkpointing: "off"; "full" (recompute each layer in backward: keeps one [T, hidden] tensor per layer);
+      "mlp" (recompute only the MLP: attention keeps its activations, so its kernels, the largest cost at long
+      lengths, never run twice); "every:K" (recompute every K-th layer, keep the others).
+    compile: torch.compile each layer's body (fuses RMSNorm, RoPE, SwiGLU and the casts around the matmuls).
+    offload: with full checkpointing, the saved layer inputs go to pinned CPU memory (one GPU only).
+    """
+    if checkpointing not in ("off", "full", "mlp") and not checkpointing.startswith("every:"):
+        raise InputError(f"unknown activation checkpointing {checkpointing!r}; known: {', '.join(CHECKPOINTING)}",
+                         field="checkpointing")
+    every = int(checkpointing.split(":")[1]) if checkpointing.startswith("every:") else 1
+    if offload and checkpointing != "full":
+        raise InputError("activation offload needs full activation checkpointing", field="offload")
+    for i, layer in enumerate(lm.model.layers):
+        fwd = layer.forward
+        if compile:
+            fwd = torch.compile(fwd)
+        if checkpointing == "full" or (checkpointing.startswith("every:") and i % every == 0):
+            fwd = _offloaded_checkpoint(fwd) if offload else _checkpoint(fwd)
+        elif checkpointing == "mlp":
+            layer.mlp.forward = _checkpoint(layer.mlp.forward)
+        layer.forward = fwd
+
+
+def _checkpoint(fn):
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            return fn(*args, **kwargs)
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, **kwargs)
+    return run
+
+
+def _offloaded_checkpoint(fn):
+    """Checkpoint whose one saved tensor, the layer input, lives in pinned CPU memory until the backward.
+
+    The reentrant checkpoint saves its inputs through ctx.save_for_backward, which save_on_cpu intercepts;
+    the non-reentrant one keeps them in a closure on the GPU, so it cannot offload.
+    """
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            return fn(*args, **kwargs)
+        with torch.autograd.graph.save_on_cpu(pin_memory=True):
+            return torch.utils.checkpoint.checkpoint(functools.partial(fn, **kwargs), *args, use_reentrant=True)
+    return run
+
+
+def shard_model(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
+    """FSDP2 on a CausalLMLoss: shard each decoder layer, then the rest, over all ranks (dp x cp).
+
+    Parameters stay fp32 (the master weights) and are all-gathered in fp32; bf16 autocast casts them for the
+    matmuls, as on one GPU, so one and several GPUs compute the same numbers.
+    """
+    if d.world == 1:
+        return model
+    from torch.distributed.fsdp import fully_shard
+    mesh = d.mesh._flatten("dp_cp") if d.cp > 1 else d.mesh["dp"]
+    layers = list(model.lm.model.layers)
+    for i, layer in enumerate(layers):
+        # The last layer's parameters are needed again right away by the backward: keep them gathered.
+        fully_shard(layer, mesh=mesh, reshard_after_forward=i < len(layers) - 1)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def all_reduce_sum(x: torch.Tensor, d: Dist) -> torch.Tensor:
+    if d.world > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x

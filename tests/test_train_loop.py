@@ -1,0 +1,137 @@
+"""The training loop on a tiny model: resume equals uninterrupted, accumulation equals a large batch,
+packed-with-document-mask equals unpacked, every parameter moves, NaN stops the run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import write_pattern_shards, write_tiny_llama
+from longreach import config as config_io
+from longreach.errors import TrainingDiverged
+from longreach.train import checkpoint
+from longreach.train.config import TrainConfig
+from longreach.train.loop import train
+
+
+def _cfg(model, data, out, **kw) -> TrainConfig:
+    base = dict(model=str(model), data=str(data), out=str(out), max_steps=6, micro_batch=2, lr=3e-3,
+                warmup_steps=2, save_every=100, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(ln)["loss"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(checkpoint.latest(run) / "model.safetensors")
+
+
+def test_loss_falls_and_every_parameter_changes(tiny_model, pattern_shards, tmp_path):
+    out = train(_cfg(tiny_model, pattern_shards, tmp_path / "run", max_steps=12))
+    losses = _losses(tmp_path / "run")
+    assert len(losses) == 12 and losses[-1] < losses[0] - 0.3
+    before = load_file(tiny_model / "model.safetensors")
+    after = _weights(tmp_path / "run")
+    for name, w in before.items():
+        assert not torch.equal(w, after[name]), f"{name} did not change"
+    meta = checkpoint.read_meta(out["checkpoint"])
+    assert meta["stage"] == "pretrain" and meta["step"] == 12 and meta["lineage"][0]["path"] == str(tiny_model)
+    # The resolved config is written next to the outputs and reads back to the same config.
+    cfg = config_io.load(TrainConfig, tmp_path / "run" / "config.yaml")
+    assert cfg.max_steps == 12 and cfg.model == str(tiny_model)
+
+
+def test_resumed_run_matches_uninterrupted(tiny_model, pattern_shards, tmp_path):
+    train(_cfg(tiny_model, pattern_shards, tmp_path / "full"))
+    train(_cfg(tiny_model, pattern_shards, tmp_path / "split", max_steps=3, save_every=3))
+    train(_cfg(tiny_model, pattern_shards, tmp_path / "split", save_every=3))
+    assert _losses(tmp_path / "split") == pytest.approx(_losses(tmp_path / "full"), abs=1e-6)
+    full, split = _weights(tmp_path / "full"), _weights(tmp_path / "split")
+    for name in full:
+        assert torch.allclose(full[name], split[name], atol=1e-6), name
+
+
+def test_accumulated_equals_large_batch(tiny_model, pattern_shards, tmp_path):
+    train(_cfg(tiny_model, pattern_shards, tmp_path / "big", micro_batch=4, grad_accum=1, max_steps=3))
+    train(_cfg(tiny_model, pattern_shards, tmp_path / "acc", micro_batch=1, grad_accum=4, max_steps=3))
+    assert _losses(tmp_path / "acc") == pytest.approx(_losses(tmp_path / "big"), abs=1e-5)
+    big, acc = _weights(tmp_path / "big"), _weights(tmp_path / "acc")
+    for name in big:
+        assert torch.allclose(big[name], acc[name], atol=1e-5), name
+
+
+def test_loss_mask_counts_only_unmasked_targets(tiny_model, tmp_path):
+    data = write_pattern_shards(tmp_path / "masked", loss_mask=True)
+    train(_cfg(tiny_model, data, tmp_path / "run", max_steps=1))
+    rec = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert rec["tokens"] == 2 * 15  # 2 sequences x 16 even positions, minus position 0 (no predecessor)
+
+
+def test_document_mask_packed_equals_documents_alone(tiny_model, tmp_path):
+    """Two 16-token documents packed with the document mask give the loss of each document alone."""
+    from longreach.train.loop import CausalLMLoss, document_positions
+    from longreach.train.loss import IGNORE, shift_labels
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa")
+    model = CausalLMLoss(lm, chunk_tokens=8)
+    torch.manual_seed(1)
+    docs = [torch.randint(0, 64, (1, 16)) for _ in range(2)]
+    alone = sum(model(d, shift_labels(d)) for d in docs)
+    packed = torch.cat(docs, dim=1)
+    labels = shift_labels(packed)
+    labels[0, 15] = IGNORE  # the first document's last token does not predict the second document
+    extra = document_positions(32, [torch.tensor([0, 16]).numpy()])
+    together = model(packed, labels, **extra)
+    assert torch.allclose(alone, together, atol=1e-4)
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_checkpoints(tmp_path, pattern_shards):
+    good = write_tiny_llama(tmp_path / "good")
+    train(_cfg(good, pattern_shards, tmp_path / "run", max_steps=2, save_every=2))
+    weights = load_file(good / "model.safetensors")
+    weights = {k: torch.full_like(v, float("nan")) if "norm" in k else v for k, v in weights.items()}
+    bad = write_tiny_llama(tmp_path / "bad")
+    from safetensors.torch import save_file
+    save_file(weights, bad / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(TrainingDiverged, match="step 1"):
+        train(_cfg(bad, pattern_shards, tmp_path / "bad-run", max_steps=2))
+    assert checkpoint.latest(tmp_path / "bad-run") is None
+    assert checkpoint.latest(tmp_path / "run").name == "step-000002"
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_same_losses(tiny_model, tmp_path):
+    """SIGKILL at an arbitrary moment, then the same command again: the loss curve equals an uninterrupted run."""
+    data = write_pattern_shards(tmp_path / "shards", n_seq=32, seq_len=64)
+    cfg = dict(max_steps=16, save_every=3, micro_batch=4)
+    train(_cfg(tiny_model, data, tmp_path / "full", **cfg))
+    run = tmp_path / "killed"
+    args = [sys.executable, "-m", "longreach.cli", "train", "--model", str(tiny_model), "--data", str(data),
+            "--out", str(run)] + [f"--set={k}={v}" for k, v in {**cfg, "lr": 3e-3, "warmup_steps": 2,
+                                                               "progress": False}.items()]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
+        if len(lines) >= 7:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.latest(run) is not None and len(_losses(run)) < 16
+    subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert _losses(run) == pytest.approx(_losses(tmp_path / "full"), abs=1e-6)

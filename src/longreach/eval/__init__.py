@@ -1,0 +1,1 @@
+"""Evaluation: backends, tasks (NIAH, perplexity, RULER, InfiniteBench, LongBench, ChatRAG), metrics, reports."""

@@ -1,0 +1,153 @@
+"""Tokenization of document streams with any Hugging Face (fast) tokenizer.
+
+Streaming: documents go through in batches of bounded size, so a corpus larger than memory works.
+Batched: the Rust `tokenizers` library encodes a whole batch at once (in parallel over its documents).
+Multi-process: with workers > 1, that many processes (each loads the tokenizer once, then encodes
+single-threaded) work on consecutive batches while this process reads the corpus; the output order is the
+input order, so the result is identical to workers=1. The processes are spawned, so a script that calls
+this with workers > 1 must guard its entry point with `if __name__ == "__main__":`. workers=1 already uses
+every core through the tokenizers thread pool and was the fastest where measured (16 cores: 3.9M tokens/s
+vs 1.8M with 8 processes); processes are the way to use several cores when TOKENIZERS_PARALLELISM=false.
+
+The tokenizer adds no special tokens (BOS/EOS come only from the packer's separator mode), and special-token
+strings inside documents ("<|begin_of_text|>" in a web page) are encoded as the plain text they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from longreach.data.readers import Document
+from longreach.errors import InputError
+
+BATCH_CHARS = 1 << 24  # characters per batch: bounds memory, yet holds enough long documents for every core
+BATCH_DOCS = 1024  # documents per batch at most
+MIN_WORKER_BATCH_CHARS = 1 << 16  # smallest batch sent to a worker process
+_HASHED_PARTS = ("added_tokens", "normalizer", "pre_tokenizer", "model")  # what maps text to ids
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """A fast Hugging Face tokenizer from a tokenizer.json file, or (through `longreach.model.load`) from a
+    model/tokenizer folder or a .gguf file."""
+    p = Path(path)
+    if p.is_file() and p.suffix == ".json":
+        from transformers import PreTrainedTokenizerFast
+
+        tok = PreTrainedTokenizerFast(tokenizer_file=str(p))
+    else:
+        from longreach.model.load import load_tokenizer as load_model_tokenizer
+
+        tok = load_model_tokenizer(p)
+    if getattr(tok, "backend_tokenizer", None) is None:
+        raise InputError("not a fast tokenizer (no tokenizer.json to build one from)", path=str(path))
+    return tok
+
+
+def _backend_json(tok: Any) -> str:
+    """The tokenizers-library serialization of an HF tokenizer (or of a `tokenizers.Tokenizer`)."""
+    backend = getattr(tok, "backend_tokenizer", tok)
+    return backend.to_str()
+
+
+def tokenizer_hash(tok: Any) -> str:
+    """Stable sha256 of what maps text to ids: vocabulary, merges, added tokens, normalizer, pre-tokenizer.
+
+    Runtime settings (padding, truncation) and the post-processor / decoder (which transformers may rewrite
+    on load, and which do not change the ids of plain text) are left out, so the same tokenizer loaded from
+    a model folder or from its tokenizer.json hashes the same.
+    """
+    spec = json.loads(_backend_json(tok))
+    canonical = json.dumps({k: spec.get(k) for k in _HASHED_PARTS}, sort_keys=True, ensure_ascii=False,
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def vocab_size(tok: Any) -> int:
+    """Number of token ids in use (base vocabulary plus added tokens): every id is below it."""
+    backend = getattr(tok, "backend_tokenizer", tok)
+    return max(backend.get_vocab_size(with_added_tokens=True), max(backend.get_vocab().values()) + 1)
+
+
+def plain_text_encoder(tok_or_json: Any) -> Any:
+    """A private `tokenizers.Tokenizer` copy: no padding/truncation, special-token strings read as text."""
+    from tokenizers import Tokenizer
+
+    spec = tok_or_json if isinstance(tok_or_json, str) else _backend_json(tok_or_json)
+    encoder = Tokenizer.from_str(spec)
+    encoder.no_padding()
+    encoder.no_truncation()
+    encoder.encode_special_tokens = True
+    return encoder
+
+
+def encode_batch(encoder: Any, texts: list[str]) -> list[np.ndarray]:
+    """Token ids (uint32) of each text, without special tokens."""
+    encode = getattr(encoder, "encode_batch_fast", encoder.encode_batch)  # _fast skips offsets
+    return [np.asarray(e.ids, dtype=np.uint32) for e in encode(texts, add_special_tokens=False)]
+
+
+def _batches(docs: Iterable[Document], batch_chars: int, batch_docs: int) -> Iterator[list[Document]]:
+    batch: list[Document] = []
+    chars = 0
+    for doc in docs:
+        batch.append(doc)
+        chars += len(doc.text)
+        if chars >= batch_chars or len(batch) >= batch_docs:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+_worker_encoder = None
+
+
+def _worker_init(spec: str) -> None:
+    # Each worker is one core: the Rust thread pool inside would only compete with the other workers.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    global _worker_encoder
+    _worker_encoder = plain_text_encoder(spec)
+
+
+def _worker_encode(texts: list[str]) -> list[np.ndarray]:
+    return encode_batch(_worker_encoder, texts)
+
+
+def tokenize_documents(docs: Iterable[Document], encoder: Any, workers: int = 1,
+                       batch_chars: int = BATCH_CHARS, batch_docs: int = BATCH_DOCS
+                       ) -> Iterator[tuple[Document, np.ndarray]]:
+    """(document, token ids) for each document, in input order, holding only a few batches in memory.
+
+    `encoder` comes from `plain_text_encoder(tok)`. workers=1 encodes here (the tokenizers library spreads
+    a batch over the cores unless TOKENIZERS_PARALLELISM=false); workers=N starts N processes.
+    """
+    if workers < 1:
+        raise InputError(f"workers must be >= 1, got {workers}", field="workers")
+    if workers == 1:
+        for batch in _batches(docs, batch_chars, batch_docs):
+            yield from zip(batch, encode_batch(encoder, [d.text for d in batch]))
+        return
+    # Smaller batches for processes, so that long documents still spread over all of them.
+    batches = _batches(docs, max(MIN_WORKER_BATCH_CHARS, batch_chars // (4 * workers)), batch_docs)
+    # "spawn": a fork would copy this process's (possibly threaded) state and the Rust thread pool.
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(encoder.to_str(),)) as pool:
+        pending: deque = deque()
+        for batch in batches:
+            pending.append((batch, pool.apply_async(_worker_encode, ([d.text for d in batch],))))
+            # A bounded window: reading runs ahead of the workers by at most two batches each.
+            while len(pending) >= 2 * workers:
+                done, result = pending.popleft()
+                yield from zip(done, result.get())
+        while pending:
+            done, result = pending.popleft()
+            yield from zip(done, result.get())

@@ -1,0 +1,371 @@
+"""Long-context QA samples built from real documents (ChatQA 2 stage-3 data, and held-out evaluation).
+
+Two constructions, each with contexts up to a target length in tokens of the model's tokenizer:
+- insert: the gold passage (the summary or paragraph a QA pair was written from) goes in at a random
+  sentence boundary of a long document - how ChatQA 2 built NarrativeQA_131072 from NarrativeQA's summaries
+  and books. The document is cut at a sentence boundary to leave room for the passage; when it is shorter
+  than the target, further documents follow it (each separated by a blank line).
+- distractors: the gold document is shuffled among distractor documents (pieces of other texts).
+Both record where the gold sits: its character offset and depth (offset / (context length - gold length)).
+
+Where the QA pairs come from (`qa`):
+- records: your own file of {"document", "passage" (or "summary"), "question", "answer"/"answers"}
+  (e.g. NarrativeQA: book, summary, question, answers) - real QA, `synthetic: false`.
+- needle: SYNTHETIC key-value facts ("The secret code of the blue door is 4821.") placed in real text, asked
+  back ("What is the secret code of the blue door?" -> "4821"); `facts - 1` other facts with other keys are
+  placed too, so copying any number is not enough.
+- cloze: SYNTHETIC questions on real text: a paragraph of a real document is the gold passage and one of its
+  sentences is asked back with a word blanked out.
+
+Run:  longreach sft synth --tokenizer MODEL --qa needle --lengths 4000,16000 --n 200 --out long_qa.jsonl
+Deterministic: the same config, documents and tokenizer give the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from longreach.errors import InputError
+from longreach.rag.chunk import ChunkConfig, chunk_text, sentence_spans
+
+SHORT_SPAN = "Answer the following question with a short span."  # ChatQA's instruction for short answers
+UNIT_TOKENS = 64  # tokens per unit of text (whole sentences) from which haystacks are cut
+SEP_TOKENS = 2  # tokens counted for the blank line between two documents
+GOLD_TOKENS = 96  # cloze: tokens of the real paragraph used as the gold passage
+LONG_BIN = 32768  # contexts below this many tokens are "<32K", the others "32K-128K" (the paper's two sets)
+QA_KINDS = ("needle", "cloze", "records")
+CONSTRUCTIONS = ("insert", "distractors")
+SPLITS = ("train", "heldout", "all")
+
+
+@dataclass
+class SynthConfig:
+    docs: list[str] = field(default_factory=list)  # real text: paths or gutenberg / paul_graham / linux-doc
+    qa: str = "needle"  # needle (synthetic facts), cloze (synthetic questions on real text), records (yours)
+    records: str = ""  # qa=records: .jsonl of {document, passage|summary, question, answer|answers}
+    construction: str = "insert"  # insert (gold at a random sentence boundary) or distractors (shuffled docs)
+    lengths: list[int] = field(default_factory=lambda: [4000])  # target context tokens; samples cycle them
+    n: int = 100  # samples to write
+    facts: int = 3  # needle: facts per context (one asked, the others have other keys)
+    piece_tokens: int = 512  # distractors: tokens per distractor document at most (whole sentences)
+    split: str = "train"  # documents used: train (9 in 10, by a hash of the file name), heldout (1 in 10), all
+    max_docs: int = 0  # use at most this many documents (0 = all); keeps quick runs quick
+    seed: int = 0  # same seed, same samples
+
+
+def named_docs(name: str) -> Path:
+    """A path for a document name: gutenberg, paul_graham, linux-doc (Debian package), or a path itself."""
+    from longreach import assets
+    if name == "gutenberg":
+        return assets.gutenberg_texts()
+    if name == "paul_graham":
+        return assets.paul_graham_essays()
+    if name == "linux-doc":
+        p = Path("/usr/share/doc/linux-doc-6.1/Documentation")
+        if not p.is_dir():
+            raise InputError("Debian package linux-doc-6.1 is not installed (apt-get install linux-doc-6.1)")
+        return p
+    return Path(name)
+
+
+def in_split(doc_id: str, split: str) -> bool:
+    """train / heldout by a hash of the file name (not the install path), so every machine splits alike."""
+    if split not in SPLITS:
+        raise InputError(f"split must be one of {SPLITS}, got {split!r}", field="split")
+    if split == "all":
+        return True
+    heldout = zlib.crc32(Path(doc_id).name.encode()) % 10 == 0
+    return heldout == (split == "heldout")
+
+
+def load_docs(names: list[str], split: str = "all", max_docs: int = 0) -> list[Any]:
+    """Documents (longreach.data.readers.Document) of the named sources in one split, in a fixed order."""
+    from longreach.data.readers import iter_documents
+    docs = []
+    for name in names or ["gutenberg"]:
+        for d in iter_documents(named_docs(name)):
+            # the Gutenberg folder also holds a catalogue of its files, which is not a text
+            if name == "gutenberg" and Path(d.doc_id).name == "metadata.txt":
+                continue
+            if in_split(d.doc_id, split) and d.text.strip():
+                docs.append(d)
+    if max_docs:
+        docs = docs[:max_docs]
+    if not docs:
+        raise InputError(f"no document in split {split!r} of {names or ['gutenberg']}", field="docs")
+    return docs
+
+
+def count_tokens(tok: Any, text: str) -> int:
+    return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+class DocPool:
+    """Real documents cut into small whole-sentence units with token counts (one tokenization per document).
+
+    Units are small (`unit_tokens`), so a stretch of text can be cut close to any budget.
+    """
+
+    def __init__(self, docs: list[Any], tok: Any, unit_tokens: int = UNIT_TOKENS):
+        self.tok = tok
+        cfg = ChunkConfig(chunk_tokens=unit_tokens)
+        units = [chunk_text(d.text, tok, cfg, doc=d.doc_id, source=d.source) for d in docs]
+        keep = [i for i, u in enumerate(units) if u]
+        self.docs, self.units = [docs[i] for i in keep], [units[i] for i in keep]
+        if not self.docs:
+            raise InputError("no document has any text", field="docs")
+
+    def run(self, rng: np.random.Generator, budget: int) -> tuple[str, int, str]:
+        """A random stretch of consecutive sentences of a random document, at most `budget` tokens
+        (text, tokens, doc id); ("", 0, id) when the first unit is already too long."""
+        k = int(rng.integers(len(self.docs)))
+        units = self.units[k]
+        i = j = int(rng.integers(len(units)))
+        n = 0
+        while j < len(units) and n + units[j].n_tokens <= budget:
+            n += units[j].n_tokens
+            j += 1
+        text = self.docs[k].text[units[i].start:units[j - 1].end] if j > i else ""
+        return text, n, self.docs[k].doc_id
+
+    def haystack(self, budget: int, rng: np.random.Generator, first: str | None = None) -> tuple[str, list[str]]:
+        """Running text of about `budget` tokens: the start of `first` (a document) if given, then random
+        stretches of random documents, separated by blank lines."""
+        parts, sources, used = [], [], 0
+        if first:
+            text, n = _prefix(first, self.tok, budget)
+            parts.append(text)
+            used += n
+        misses = 0
+        while budget - used > 2 * SEP_TOKENS and misses < 20:
+            text, n, doc = self.run(rng, budget - used - (SEP_TOKENS if parts else 0))
+            if not text:
+                misses += 1
+                continue
+            used += n + (SEP_TOKENS if parts else 0)
+            parts.append(text)
+            sources.append(doc)
+        return "\n\n".join(parts), sources
+
+
+def _prefix(text: str, tok: Any, budget: int) -> tuple[str, int]:
+    """The longest run of whole sentences from the start of `text` within `budget` tokens."""
+    chunks = chunk_text(text, tok, ChunkConfig(chunk_tokens=max(1, budget)))
+    if not chunks:
+        return "", 0
+    return text[chunks[0].start:chunks[0].end], chunks[0].n_tokens
+
+
+def insert_at_boundary(text: str, passage: str, rng: np.random.Generator, depth: float | None = None) -> str:
+    """`passage` put in at a sentence boundary of `text`: random, or the boundary nearest to `depth` (0..1)."""
+    bounds = [0] + [e for _, e in sentence_spans(text)]
+    if depth is None:
+        b = bounds[int(rng.integers(len(bounds)))]
+    else:
+        b = min(bounds, key=lambda x: abs(x - depth * len(text)))
+    if b == 0:
+        return passage + ("\n\n" + text if text else "")
+    return text[:b] + " " + passage + text[b:]
+
+
+def locate(context: str, gold: str) -> dict[str, Any]:
+    off = context.find(gold)
+    if off < 0:
+        raise AssertionError("gold passage missing from its context")
+    return {"char_offset": off, "char_end": off + len(gold),
+            "depth": round(off / max(1, len(context) - len(gold)), 4)}
+
+
+# ----------------------------------------------------------------------------- QA sources
+
+_KINDS = ["secret code", "room number", "lucky number", "locker number", "access code", "serial number"]
+_COLORS = ["blue", "red", "green", "yellow", "purple", "orange", "silver", "golden", "black", "white",
+           "grey", "crimson", "amber", "violet", "copper", "ivory"]
+_THINGS = ["door", "box", "gate", "lamp", "chest", "book", "clock", "key", "window", "boat", "tower",
+           "bridge", "wagon", "garden", "mirror", "violin"]
+
+
+def needle_facts(rng: np.random.Generator, n: int) -> list[tuple[str, str, str]]:
+    """n synthetic facts (fact, question, answer) sharing a kind, with distinct keys and 4-digit values."""
+    kind = _KINDS[int(rng.integers(len(_KINDS)))]
+    keys = rng.choice(len(_COLORS) * len(_THINGS), size=n, replace=False)
+    values = rng.choice(np.arange(1000, 10000), size=n, replace=False)
+    out = []
+    for key, value in zip(keys, values):
+        color, thing = _COLORS[key // len(_THINGS)], _THINGS[key % len(_THINGS)]
+        out.append((f"The {kind} of the {color} {thing} is {value}.",
+                    f"What is the {kind} of the {color} {thing}?", str(value)))
+    return out
+
+
+_WORD = re.compile(r"[A-Za-z]{6,}")
+
+
+def cloze_question(passage: str, rng: np.random.Generator) -> tuple[str, str, str] | None:
+    """A sentence of `passage` with one long word blanked out -> (question, answer, sentence), or None."""
+    sentences = [passage[s:e] for s, e in sentence_spans(passage)]
+    sentences = [s for s in sentences if 6 <= len(s.split()) <= 40 and _WORD.search(s)]
+    if not sentences:
+        return None
+    s = sentences[int(rng.integers(len(sentences)))]
+    words = _WORD.findall(s)
+    word = words[int(rng.integers(len(words)))]
+    blanked = " ".join(re.sub(rf"\b{word}\b", "_____", s, count=1).split())
+    return f'Which word is missing from this sentence of the text: "{blanked}"', word, s
+
+
+def read_qa_records(path: str | Path) -> list[dict[str, Any]]:
+    """{document, passage, question, answer} records (NarrativeQA-like) with file/line errors."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"invalid JSON: {e.msg}", path=str(path), line=n) from None
+            passage = rec.get("passage", rec.get("summary"))
+            answers = rec.get("answers", rec.get("answer"))
+            answer = answers[0] if isinstance(answers, list) and answers else answers
+            for name, v in (("document", rec.get("document")), ("passage", passage),
+                            ("question", rec.get("question")), ("answer", answer)):
+                if not isinstance(v, str) or not v.strip():
+                    raise InputError("missing or not a non-empty string", path=str(path), line=n, field=name)
+            out.append({"document": rec["document"], "passage": passage, "question": rec["question"],
+                        "answer": answer, "where": f"{path}:{n}"})
+    if not out:
+        raise InputError("no record", path=str(path))
+    return out
+
+
+# ----------------------------------------------------------------------------- one sample
+
+def _distractor_context(gold_doc: str, pool: DocPool, budget: int, piece_tokens: int,
+                        rng: np.random.Generator, extra: list[str]) -> tuple[str, list[str]]:
+    """The gold document among distractor documents (stretches of other texts, shuffled) filling `budget`
+    tokens; each `extra` passage (another needle fact, already counted in the budget's caller) goes into a
+    random distractor (into the gold document when there is none)."""
+    docs, sources = [gold_doc], []
+    used = count_tokens(pool.tok, gold_doc)
+    misses = 0
+    while budget - used > 2 * SEP_TOKENS and misses < 20:
+        text, n, doc = pool.run(rng, min(piece_tokens, budget - used - SEP_TOKENS))
+        if not text:
+            misses += 1
+            continue
+        docs.append(text)
+        sources.append(doc)
+        used += n + SEP_TOKENS
+    for e in extra:
+        k = int(rng.integers(1, len(docs))) if len(docs) > 1 else 0
+        docs[k] = insert_at_boundary(docs[k], e, rng)
+    order = rng.permutation(len(docs))
+    return "\n\n".join(docs[i] for i in order), sources
+
+
+def make_sample(cfg: SynthConfig, pool: DocPool, length: int, rng: np.random.Generator,
+                record: dict[str, Any] | None = None, depth: float | None = None) -> dict[str, Any] | None:
+    """One long-context QA record (a dict `data.parse_record` reads), or None if this draw gives none."""
+    tok = pool.tok
+    others: list[str] = []
+    sentence = None
+    instruction: str | None = SHORT_SPAN
+    if cfg.qa == "needle":
+        facts = needle_facts(rng, max(1, cfg.facts))
+        gold, question, answer = facts[0]
+        others = [f for f, _, _ in facts[1:]]
+    elif cfg.qa == "cloze":
+        gold, _, _ = pool.run(rng, GOLD_TOKENS)
+        qa = cloze_question(gold, rng)
+        if qa is None:
+            return None
+        question, answer, sentence = qa
+    else:
+        gold, question, answer = record["passage"], record["question"], record["answer"]
+        instruction = None
+    # room for the gold passage and the other facts, plus a margin for tokens merging at the joins
+    reserved = count_tokens(tok, gold) + sum(count_tokens(tok, o) + SEP_TOKENS for o in others) + SEP_TOKENS
+    budget = int(length * 0.99) - reserved
+    if budget < 0:
+        raise InputError(f"the gold passage ({reserved} tokens) does not fit the target length {length}",
+                         field="lengths")
+    if cfg.construction == "insert":
+        hay, sources = pool.haystack(budget, rng, first=record["document"] if record else None)
+        sources += [record["where"]] if record else []
+        for o in others:
+            hay = insert_at_boundary(hay, o, rng)
+        context = insert_at_boundary(hay, gold, rng, depth)
+    else:
+        gold_doc = gold
+        if cfg.qa == "needle":  # a fact alone is not a document: it goes into a real stretch of text
+            piece, n, _ = pool.run(rng, min(cfg.piece_tokens, budget))
+            gold_doc = insert_at_boundary(piece, gold, rng)
+            budget -= n
+        context, sources = _distractor_context(gold_doc, pool, budget + count_tokens(tok, gold_doc),
+                                               cfg.piece_tokens, rng, others)
+    if sentence is not None and context.count(sentence) > 1:
+        return None  # a repeated line (a refrain, a stage direction): the question would be ambiguous
+    tokens = count_tokens(tok, context)
+    rec = {"context": context, "question": question, "answer": answer, "synthetic": cfg.qa != "records",
+           "qa": cfg.qa, "construction": cfg.construction, "target_tokens": length, "tokens": tokens,
+           "length_bin": "<32K" if tokens < LONG_BIN else "32K-128K",
+           "gold": {**locate(context, gold), "text": gold}, "sources": sorted(set(sources))}
+    if instruction:
+        rec["instruction"] = instruction
+    return rec
+
+
+def check_config(cfg: SynthConfig) -> None:
+    if cfg.qa not in QA_KINDS:
+        raise InputError(f"qa must be one of {QA_KINDS}, got {cfg.qa!r}", field="qa")
+    if cfg.construction not in CONSTRUCTIONS:
+        raise InputError(f"construction must be one of {CONSTRUCTIONS}, got {cfg.construction!r}",
+                         field="construction")
+    if cfg.qa == "records" and not cfg.records:
+        raise InputError("qa=records needs `records` (a .jsonl of document, passage, question, answer)",
+                         field="records")
+    if not cfg.lengths or min(cfg.lengths) < 16:
+        raise InputError(f"lengths must be target token counts >= 16, got {cfg.lengths}", field="lengths")
+    if cfg.n < 1:
+        raise InputError(f"n must be >= 1, got {cfg.n}", field="n")
+
+
+def synthesize(cfg: SynthConfig, tok: Any, docs: list[Any] | None = None, pool: DocPool | None = None,
+               salt: str = "") -> list[dict[str, Any]]:
+    """`cfg.n` records; sample i targets `cfg.lengths[i % len(lengths)]` tokens. Documents: `pool`, else
+    `docs`, else those `cfg` names. `salt` (a set's name) keeps two sets with the same seed apart."""
+    check_config(cfg)
+    if pool is None:
+        pool = DocPool(docs if docs is not None else load_docs(cfg.docs, cfg.split, cfg.max_docs), tok)
+    records = read_qa_records(cfg.records) if cfg.qa == "records" else None
+    out: list[dict[str, Any]] = []
+    attempt = 0
+    while len(out) < cfg.n:
+        if attempt > 20 * cfg.n + 100:
+            raise InputError(f"could only make {len(out)} of {cfg.n} samples from these documents", field="docs")
+        rng = np.random.default_rng([cfg.seed, zlib.crc32(salt.encode()), attempt])
+        attempt += 1
+        record = records[len(out) % len(records)] if records else None
+        rec = make_sample(cfg, pool, cfg.lengths[len(out) % len(cfg.lengths)], rng, record)
+        if rec is not None:
+            out.append(rec)
+    return out
+
+
+def write_jsonl(records: list[dict[str, Any]], path: str | Path) -> None:
+    """Write atomically (a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,181 @@
+"""Long-context QA synthesis from real documents (gold insertion at a sentence boundary, distractor documents,
+needle / cloze / records QA), and the held-out long-document QA evaluation plumbing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from longreach.data.readers import Document
+from longreach.errors import InputError
+from longreach.sft.synth import (
+    SynthConfig,
+    count_tokens,
+    in_split,
+    insert_at_boundary,
+    load_docs,
+    needle_facts,
+    synthesize,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from longreach.sft.tiny import default_texts, train_tokenizer
+    return train_tokenizer(default_texts(60_000), vocab_size=600)
+
+
+@pytest.fixture(scope="module")
+def docs():
+    from longreach import assets
+    files = sorted(assets.paul_graham_essays().glob("*.txt"))[:6]
+    return [Document(text=f.read_text(), source="pg", doc_id=str(f)) for f in files]
+
+
+def test_insert_lands_on_a_sentence_boundary():
+    text = "One fish swam. Two fish swam! Three fish? Four."
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        out = insert_at_boundary(text, "GOLD.", rng)
+        i = out.index("GOLD.")
+        assert out.replace(" GOLD.", "", 1) == text or out == "GOLD.\n\n" + text
+        assert i == 0 or out[:i - 1].endswith((".", "!", "?"))
+    assert insert_at_boundary(text, "GOLD.", rng, depth=1.0).endswith("Four. GOLD.")
+    assert insert_at_boundary(text, "GOLD.", rng, depth=0.0).startswith("GOLD.")
+
+
+def test_needle_facts_have_distinct_keys_and_values():
+    facts = needle_facts(np.random.default_rng(3), 5)
+    assert len({q for _, q, _ in facts}) == 5 and len({a for _, _, a in facts}) == 5
+    fact, q, a = facts[0]
+    assert fact.endswith(f" is {a}.") and q.startswith("What is the ") and len(a) == 4
+
+
+@pytest.mark.parametrize("qa, construction", [("needle", "insert"), ("needle", "distractors"),
+                                              ("cloze", "insert"), ("cloze", "distractors")])
+def test_samples_reach_their_length_and_record_where_the_gold_is(tok, docs, qa, construction):
+    cfg = SynthConfig(qa=qa, construction=construction, lengths=[300, 900], n=6, facts=3, piece_tokens=150, seed=1)
+    recs = synthesize(cfg, tok, docs)
+    assert recs == synthesize(cfg, tok, docs)  # deterministic
+    assert recs != synthesize(SynthConfig(**{**cfg.__dict__, "seed": 2}), tok, docs)
+    for i, r in enumerate(recs):
+        target = cfg.lengths[i % 2]
+        assert 0.75 * target <= r["tokens"] <= target and r["tokens"] == count_tokens(tok, r["context"])
+        g = r["gold"]
+        assert r["context"][g["char_offset"]:g["char_end"]] == g["text"] and 0 <= g["depth"] <= 1
+        assert r["synthetic"] and r["length_bin"] == "<32K" and r["instruction"]
+        if qa == "needle":
+            assert r["context"].count(r["answer"]) == 1 and r["context"].count(" is ") >= 3
+            assert g["text"] == r["question"].replace("What is the", "The").rstrip("?") + f" is {r['answer']}."
+        else:
+            sentence = r["question"].split('"')[1].replace("_____", r["answer"])
+            assert " ".join(sentence.split()) in " ".join(g["text"].split())
+        if construction == "insert" and g["char_offset"] > 0:
+            # the gold starts a sentence: what precedes it is the end of a sentence of the real text
+            assert r["context"][:g["char_offset"]].rstrip()[-1] in ".!?\"')]"
+    depths = [r["gold"]["depth"] for r in recs]
+    assert len(set(depths)) > 2  # random positions, not always the same place
+
+
+def test_records_gold_passage_inserted_into_its_document(tok, docs, tmp_path):
+    """The NarrativeQA_131072 construction: the summary goes into the long document at a sentence boundary."""
+    book = docs[0].text
+    path = tmp_path / "nqa.jsonl"
+    path.write_text(json.dumps({"document": book, "summary": "Summary: the essay argues a point.",
+                                "question": "What does the essay do?", "answers": ["argues a point"]}) + "\n")
+    recs = synthesize(SynthConfig(qa="records", records=str(path), lengths=[500], n=2), tok, docs[1:])
+    for r in recs:
+        assert not r["synthetic"] and r["answer"] == "argues a point" and "instruction" not in r
+        without = r["context"].replace(" Summary: the essay argues a point.", "", 1).replace(
+            "Summary: the essay argues a point.\n\n", "", 1)
+        common = next(i for i, (a, b) in enumerate(zip(without + "\0", book)) if a != b)
+        assert common > 0.6 * len(without)  # the context is the book's own beginning (then filler if short)
+        assert without[common:].startswith("\n\n") or common == len(without)  # cut at a sentence end
+    (tmp_path / "bad.jsonl").write_text('{"document": "x", "question": "q", "answer": "a"}\n')
+    with pytest.raises(InputError, match="bad.jsonl:1: field 'passage'"):
+        synthesize(SynthConfig(qa="records", records=str(tmp_path / "bad.jsonl")), tok, docs)
+
+
+def test_long_contexts_span_documents_and_the_bins(docs):
+    """A 40K-token target needs several documents; it lands in the 32K-128K bin. (A whitespace tokenizer keeps
+    this quick: lengths only need some tokenizer.)"""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    wt = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    wt.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    ws = PreTrainedTokenizerFast(tokenizer_object=wt, unk_token="[UNK]")
+    from longreach import assets
+    many = [Document(f.read_text(), "pg", str(f)) for f in sorted(assets.paul_graham_essays().glob("*.txt"))]
+    r = synthesize(SynthConfig(lengths=[40_000], n=1), ws, many)[0]
+    assert 36_000 < r["tokens"] <= 40_000 and r["length_bin"] == "32K-128K" and len(r["sources"]) > 3
+
+
+def test_train_and_heldout_documents_are_disjoint():
+    names = [f"doc{i}.txt" for i in range(200)]
+    train = {n for n in names if in_split(f"/a/{n}", "train")}
+    held = {n for n in names if in_split(f"/b/{n}", "heldout")}
+    assert not train & held and train | held == set(names) and 5 < len(held) < 40
+    docs = load_docs(["paul_graham"], "heldout")
+    assert docs and all(in_split(d.doc_id, "heldout") for d in docs)
+
+
+def test_synth_cli_writes_records(tmp_path, tok, capsys):
+    from test_sft_data import run_cli
+    tok.save_pretrained(tmp_path / "tok")
+    out = tmp_path / "long.jsonl"
+    code, stdout, err = run_cli(["sft", "synth", "--tokenizer", str(tmp_path / "tok"), "--docs", "paul_graham",
+                                 "--max-docs", "3", "--lengths", "200,400", "--n", "4", "--out", str(out)], capsys)
+    assert code == 0, err
+    res = json.loads(stdout)
+    assert res["n"] == 4 and res["bins"] == {"<32K": 4} and len(out.read_text().splitlines()) == 4
+
+
+# ----------------------------------------------------------------------------- long-document QA evaluation
+
+class _Reader:
+    """A stand-in backend that reads the asked fact out of the prompt (perfect) or answers a fixed number."""
+
+    def __init__(self, tokenizer, perfect: bool):
+        self.tokenizer, self.perfect, self.max_length, self.batch_size = tokenizer, perfect, 10**6, 4
+
+    def generate(self, prompts, max_new_tokens, stop=None):
+        import re
+        out = []
+        for p in prompts:
+            q = re.findall(r"What is the (.+?)\?", p)[-1]
+            m = re.search(re.escape(f"The {q} is ") + r"(\d+)", p)
+            out.append(f" It is {m.group(1)}." if self.perfect else " 1234")
+        return out
+
+    def count_tokens(self, text):
+        return len(self.tokenizer(text)["input_ids"])
+
+
+def test_long_qa_eval_scores_and_summarises(tmp_path, tok, docs):
+    from longreach.sft.longqa import build_long_qa_eval, run_long_qa_eval, score_long_qa
+
+    ex = build_long_qa_eval(docs, tok, [300, 600], n=5, seed=7)
+    assert [e["id"] for e in ex] == [f"{L}-{i}" for L in (300, 600) for i in range(5)]
+    depths = [e["gold"]["depth"] for e in ex[:5]]
+    assert depths[0] < 0.1 and depths[-1] > 0.9 and depths == sorted(depths)  # evenly spread depths
+    e = ex[0]
+    assert score_long_qa(e, f"The code is {e['answer']}.")["score"] == 1.0
+    assert score_long_qa(e, f"{e['answer'][::-1]}0")["score"] == 0.0
+    import longreach.sft.longqa as lq
+    lq_docs = lq.load_docs
+    lq.load_docs = lambda names, split: docs  # the same documents as above, without reading the assets
+    try:
+        good = run_long_qa_eval(_Reader(tok, True), tmp_path / "good", [300, 600], 5, seed=7)
+        bad = run_long_qa_eval(_Reader(tok, False), tmp_path / "bad", [300], 5, seed=7)
+    finally:
+        lq.load_docs = lq_docs
+    assert good["accuracy"] == {"300": 1.0, "600": 1.0} and good["mean"] == 1.0 and good["n"]["600"] == 5
+    assert bad["mean"] == 0.0
+    saved = json.loads((tmp_path / "good" / "results.json").read_text())
+    assert saved["accuracy"] == good["accuracy"] and len((tmp_path / "good" / "predictions.jsonl")
+                                                         .read_text().splitlines()) == 10

@@ -34,12 +34,9 @@ def load_start(path: str, attn: str, seed: int):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     p = Path(path)
-    if p.suffix == ".gguf":
-        from longreach.model.load import load_model
-        return load_model(path, dtype=torch.float32, device="cpu")
-    if p.is_dir() and (any(p.glob("*.safetensors")) or (p / "pytorch_model.bin").exists()):
-        model = AutoModelForCausalLM.from_pretrained(p, dtype=torch.float32, attn_implementation=attn)
-        return model, AutoTokenizer.from_pretrained(p) if _has_tokenizer(p) else None
+    if p.suffix == ".gguf" or (p.is_dir() and (any(p.glob("*.safetensors")) or (p / "pytorch_model.bin").exists())):
+        from longreach.model.load import load_model  # checks the rotary frequencies match the config
+        return load_model(path, dtype=torch.float32, device="cpu", attn_implementation=attn)
     if not (p / "config.json").is_file():
         raise InputError("neither model weights nor config.json found", path=str(p), field="model")
     cfg = AutoConfig.from_pretrained(p)
@@ -333,9 +330,7 @@ def _progress(cfg: TrainConfig, d: parallel.Dist, step: int):
 
 
 def _tokenizer_hash(tok) -> str | None:
-    if tok is None:
-        return None
-    from longreach.data.tokenize import tokenizer_hash
+    from longreach.model.load import tokenizer_hash
     return tokenizer_hash(tok)
 
 

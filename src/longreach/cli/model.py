@@ -1,0 +1,39 @@
+"""`longreach extend`: change a model's RoPE for a longer window and save it as a Hugging Face folder.
+
+    longreach extend --model SmolLM2-135M-Instruct.Q4_1.gguf --out runs/smollm2-128k --target-len 131072
+    longreach extend --model runs/base --out runs/base-yarn --target-len 32768 --scheme yarn --dtype bf16
+
+Also the way to convert a GGUF to safetensors once: `--scheme theta --base 100000 --target-len 8192` keeps
+SmolLM2's RoPE as it is. Prints a JSON summary on stdout; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from longreach.cli.apps import app
+
+
+@app.command("extend")
+def extend(
+    model: Annotated[str, typer.Option(help="Hugging Face model folder or .gguf file")],
+    out: Annotated[Path, typer.Option(help="output folder (Hugging Face layout + longreach.json)")],
+    target_len: Annotated[int, typer.Option(help="context window to reach, in tokens")],
+    scheme: Annotated[str, typer.Option(help="theta | pi | ntk | yarn | llama3")] = "theta",
+    base: Annotated[float | None, typer.Option(help="theta: new RoPE base (default: derived from "
+                                                     "--target-len by the Men et al. bound)")] = None,
+    factor: Annotated[float | None, typer.Option(help="pi/ntk/yarn/llama3 scale (default: target / "
+                                                       "current window)")] = None,
+    dynamic: Annotated[bool, typer.Option(help="ntk: dynamic NTK instead of a static base")] = False,
+    dtype: Annotated[str | None, typer.Option(help="bf16 | fp32 | fp16 (default: as loaded)")] = None,
+) -> None:
+    """Load a model, apply a RoPE scheme for --target-len tokens, save it, and check it reads back."""
+    from longreach.model.extend import extend_checkpoint
+
+    summary = extend_checkpoint(model, out, target_len, scheme=scheme, base=base, factor=factor,
+                                dynamic=dynamic, dtype=dtype)
+    print(json.dumps(summary, indent=2))

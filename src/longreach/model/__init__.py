@@ -1,0 +1,1 @@
+"""Models: loading (Hugging Face folder or GGUF), RoPE schemes and context extension, tiny test configs."""

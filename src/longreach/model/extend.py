@@ -1,0 +1,56 @@
+"""Context extension of a checkpoint: load, rewrite the RoPE fields, save, verify (behind `longreach extend`).
+
+    longreach extend --model SmolLM2-135M-Instruct.Q4_1.gguf --out runs/smollm2-32k --target-len 32768
+    longreach extend --model runs/base --out runs/yarn-32k --target-len 32768 --scheme yarn
+
+The output is a plain Hugging Face folder; `AutoModelForCausalLM.from_pretrained(out)` gets the new window and
+frequencies. longreach.json records what was done (stage "extend", scheme, bases, factor, source, tokenizer hash).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from longreach.errors import InputError
+from longreach.model import rope
+from longreach.model.load import load_model, save_model, tokenizer_hash
+
+
+def verify_saved_rope(out_dir: str | Path, expected_inv_freq, expected_window: int) -> None:
+    """Rebuild the rotary module from the saved config.json the way transformers does and compare.
+
+    Catches a transformers version that drops the RoPE fields when reading config.json (no weights loaded)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(out_dir)
+    if config.max_position_embeddings != expected_window:
+        raise RuntimeError(f"{out_dir}: max_position_embeddings reads back as {config.max_position_embeddings}, "
+                           f"expected {expected_window}")
+    with torch.device("meta"):  # shapes only: the rotary buffers are made on CPU below
+        skeleton = AutoModelForCausalLM.from_config(config)
+    module = rope.rotary_module(skeleton)
+    probe = torch.nn.Module()
+    probe.config = config
+    probe.rotary = type(module)(config=module.config).to("cpu")
+    rope.check_rotary(probe, expected=expected_inv_freq)
+
+
+def extend_checkpoint(model_path: str | Path, out_dir: str | Path, target_len: int, scheme: str = "theta",
+                      base: float | None = None, factor: float | None = None, dynamic: bool = False,
+                      dtype: str | None = None) -> dict[str, Any]:
+    """Load `model_path` (folder or .gguf), apply `scheme` for `target_len` tokens, save to `out_dir`."""
+    if scheme not in rope.SCHEMES:  # before a possibly long load
+        raise InputError(f"unknown RoPE scheme {scheme!r}; choose one of {rope.SCHEMES}", field="scheme")
+    model, tok = load_model(model_path, dtype=dtype)
+    summary = rope.extend_model(model, scheme, target_len, base=base, factor=factor, dynamic=dynamic)
+    parent = Path(model_path) / "longreach.json"
+    record = {"stage": "extend", **summary, "source": str(model_path),
+              "tokenizer_hash": tokenizer_hash(tok), "dtype": str(model.dtype).removeprefix("torch."),
+              "parent": json.loads(parent.read_text()) if parent.is_file() else None}
+    save_model(model, tok, out_dir, extra=record)
+    verify_saved_rope(out_dir, rope.inv_freq(model.config), model.config.max_position_embeddings)
+    return {**record, "out": str(out_dir), "parent": None if record["parent"] is None else "(in longreach.json)"}
+

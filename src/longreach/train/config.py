@@ -25,7 +25,9 @@ class TrainConfig:
     seed: int = 0  # data order and random initialisation
     precision: str = "auto"  # auto: bf16 autocast + fp32 master weights on GPU, fp32 on CPU; or fp32 / bf16
     attn: str = "sdpa"  # attention implementation (sdpa picks cuDNN/flash on H100 with is_causal)
-    activation_checkpointing: bool = False  # recompute each decoder layer in backward (long sequences)
+    activation_checkpointing: str = "off"  # off | full | attn (keep attention output) | mlp | every:K
+    offload_activations: bool = False  # keep checkpointed layer inputs in pinned CPU memory (one GPU, longest runs)
+    loss_impl: str = "chunked"  # chunked (ours) or liger (fused linear + cross-entropy, needs liger-kernel)
     loss_chunk_tokens: int = 4096  # tokens per chunk of the output projection + cross-entropy
     doc_mask: bool = False  # attention isolated per packed document (positions restart); off as in ChatQA 2
     context_parallel: int = 1  # ranks that split one sequence (torch context parallel); 1 = off

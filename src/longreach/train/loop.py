@@ -218,11 +218,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     lm.config._attn_implementation = cfg.attn
     start_meta = checkpoint.read_meta(resume_from or cfg.model)
     lm.config.use_cache = False
-    parallel.configure_layers(lm, checkpointing="full" if cfg.activation_checkpointing else "off",
-                              compile=cfg.compile)
+    parallel.configure_layers(lm, checkpointing=cfg.activation_checkpointing, compile=cfg.compile,
+                              offload=cfg.offload_activations)
     if d.cp > 1:
         context_parallel.enable(lm, d.cp_group)
-    model = CausalLMLoss(lm, cfg.loss_chunk_tokens).to(d.device)
+    model = CausalLMLoss(lm, cfg.loss_chunk_tokens, cfg.loss_impl).to(d.device)
     model = parallel.shard_model(model, d)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                             fused=d.device.type == "cuda")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -28,7 +28,7 @@ class Dist:
     world: int = 1
     local_rank: int = 0
     cp: int = 1  # context-parallel degree
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     mesh: object | None = None  # DeviceMesh ("dp", "cp") when world > 1
 
     @property
@@ -88,7 +88,7 @@ def check_seq_len(seq_len: int, cp: int) -> None:
                          field="seq_len")
 
 
-CHECKPOINTING = ("off", "full", "mlp", "every:K")
+CHECKPOINTING = ("off", "full", "attn", "mlp", "every:K")
 
 
 def configure_layers(lm: torch.nn.Module, checkpointing: str = "off", compile: bool = False,
@@ -96,34 +96,62 @@ def configure_layers(lm: torch.nn.Module, checkpointing: str = "off", compile: b
     """Per-decoder-layer speed/memory options, applied in place (parameter names are unchanged).
 
     checkpointing: "off"; "full" (recompute each layer in backward: keeps one [T, hidden] tensor per layer);
-      "mlp" (recompute only the MLP: attention keeps its activations, so its kernels, the largest cost at long
-      lengths, never run twice); "every:K" (recompute every K-th layer, keep the others).
-    compile: torch.compile each layer's body (fuses RMSNorm, RoPE, SwiGLU and the casts around the matmuls).
+      "attn" (selective: keep the attention kernel's output and recompute everything else, so attention, the
+      largest cost at long lengths, never runs twice while the layer keeps ~1.5 x [T, hidden]);
+      "mlp" (recompute only the MLP); "every:K" (full checkpointing of every K-th layer, none for the rest).
+    compile: torch.compile each layer's body (fuses RMSNorm, RoPE, SwiGLU and the casts around the matmuls),
+      with the checkpoint inside the compiled region so the compiler sees the recomputation policy.
     offload: with full checkpointing, the saved layer inputs go to pinned CPU memory (one GPU only).
     """
-    if checkpointing not in ("off", "full", "mlp") and not checkpointing.startswith("every:"):
+    if checkpointing not in ("off", "full", "attn", "mlp") and not checkpointing.startswith("every:"):
         raise InputError(f"unknown activation checkpointing {checkpointing!r}; known: {', '.join(CHECKPOINTING)}",
                          field="checkpointing")
     every = int(checkpointing.split(":")[1]) if checkpointing.startswith("every:") else 1
     if offload and checkpointing != "full":
         raise InputError("activation offload needs full activation checkpointing", field="offload")
+    if compile:
+        # One compiled body per layer object; the default cache (8) would send later layers back to eager.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(lm.model.layers))
     for i, layer in enumerate(lm.model.layers):
         fwd = layer.forward
-        if compile:
-            fwd = torch.compile(fwd)
-        if checkpointing == "full" or (checkpointing.startswith("every:") and i % every == 0):
-            fwd = _offloaded_checkpoint(fwd) if offload else _checkpoint(fwd)
+        if offload:  # the reentrant checkpoint is opaque to the compiler: compile inside it
+            layer.forward = _offloaded_checkpoint(torch.compile(fwd) if compile else fwd)
+            continue
+        if checkpointing in ("full", "attn") or (checkpointing.startswith("every:") and i % every == 0):
+            fwd = _checkpoint(fwd, selective=checkpointing == "attn")
         elif checkpointing == "mlp":
             layer.mlp.forward = _checkpoint(layer.mlp.forward)
-        layer.forward = fwd
+        layer.forward = torch.compile(fwd) if compile else fwd
 
 
-def _checkpoint(fn):
+def _attention_ops() -> set:
+    names = ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
+             "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu",
+             "_flash_attention_forward", "_efficient_attention_forward")
+    return {getattr(torch.ops.aten, n).default for n in names if hasattr(torch.ops.aten, n)}
+
+
+def _keep_attention(ctx, op, *args, **kwargs):
+    from torch.utils.checkpoint import CheckpointPolicy
+    return CheckpointPolicy.MUST_SAVE if op in _ATTENTION_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+_ATTENTION_OPS = _attention_ops()
+
+
+def _checkpoint(fn, selective: bool = False):
+    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
+
+    def context():
+        return create_selective_checkpoint_contexts(_keep_attention)
+
     @functools.wraps(fn)
     def run(*args, **kwargs):
         if not torch.is_grad_enabled():
             return fn(*args, **kwargs)
-        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, **kwargs)
+        if selective:
+            return checkpoint(fn, *args, use_reentrant=False, context_fn=context, **kwargs)
+        return checkpoint(fn, *args, use_reentrant=False, **kwargs)
     return run
 
 
@@ -137,7 +165,7 @@ def _offloaded_checkpoint(fn):
     def run(*args, **kwargs):
         if not torch.is_grad_enabled():
             return fn(*args, **kwargs)
-        with torch.autograd.graph.save_on_cpu(pin_memory=True):
+        with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
             return torch.utils.checkpoint.checkpoint(functools.partial(fn, **kwargs), *args, use_reentrant=True)
     return run
 

@@ -1,0 +1,93 @@
+"""benchmarks/train_throughput.py at toy size on CPU, so the GPU benchmark cannot rot; and its FLOP formula
+against PyTorch's FLOP counter."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
+sys.path.insert(0, str(BENCH.parent))
+
+import train_throughput as bench
+
+
+def _run(tmp_path: Path, *args: str) -> tuple[dict, str]:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(BENCH), "--device", "cpu", "--shapes", "tiny", "--steps", "2",
+                           "--warmup", "1", "--out", str(out), *args], check=False, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_toy_run_times_both_trainers_and_finds_the_longest(tmp_path):
+    report, stdout = _run(tmp_path, "--lengths", "64", "--variants", "hf;ours:docs=16;ours;ours:ac=attn,chunk=16",
+                          "--longest", "--longest-start", "64", "--longest-max", "128", "--longest-step", "64")
+    rows = report["results"]
+    assert [r["variant"] for r in rows] == ["hf", "ours:docs=16", "ours", "ours:ac=attn,chunk=16"]
+    # A configuration that fails is recorded and the table goes on with the next ones.
+    bad = rows.pop(1)
+    assert bad["status"] == "error" and "attn=flex" in bad["error"]
+    assert "| ours:docs=16 | error |" in stdout
+    for r in rows:
+        assert r["status"] == "ok" and r["fit"] is True, r
+        assert r["tokens_per_s"] > 0 and r["mfu"] > 0 and r["hfu"] >= r["mfu"]
+        assert len(r["step_times"]) == 2 and r["tokens_per_step"] == 64
+    # Same seeded weights and batch: the plain HF loss and ours are the same number before any update.
+    assert rows[0]["loss_first"] == pytest.approx(rows[1]["loss_first"], abs=1e-4)
+    assert rows[1]["loss_first"] == pytest.approx(rows[2]["loss_first"], abs=1e-5)
+    (longest,) = report["longest"]
+    assert longest["longest_fit"] == 128 and [p["seq"] for p in longest["probes"]] == [128]
+    assert report["meta"]["device"] == "cpu" and "torch" in report["meta"]
+    assert "| tiny (2 layers) | 1 | 64 | hf | yes |" in stdout
+
+
+def test_flop_formula_matches_pytorch_flop_counter():
+    """FlopCounterMode counts every matmul of forward + backward; with the math SDPA kernel it counts the full
+    T x T attention, so it must equal our formula with the causal half doubled back."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    job = {"shape": "tiny", "layers": 3, "seq": 96}
+    config = bench.model_config(job)
+    from transformers import LlamaForCausalLM
+    lm = LlamaForCausalLM(config)
+    ids = torch.randint(0, config.vocab_size, (2, 96))
+    with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+        lm(input_ids=ids, labels=ids).loss.backward()
+    model, hw = bench.step_flops(config, 96, 2, bench.parse_variant("ours:ac=off,loss=liger"), [])
+    L, h, d = 3, config.num_attention_heads, config.hidden_size // config.num_attention_heads
+    causal_attention = 12 * L * h * d * 96 * 96 / 2 * 2
+    # (some transformers versions count RoPE's tiny angle product too: a few thousand FLOPs)
+    assert counter.get_total_flops() == pytest.approx(model + causal_attention, rel=1e-4)
+    assert hw == model  # nothing recomputed
+    _, hw_full = bench.step_flops(config, 96, 2, bench.parse_variant("ours"), [])
+    _, hw_attn = bench.step_flops(config, 96, 2, bench.parse_variant("ours:ac=attn"), [])
+    assert hw_full > hw_attn > model
+
+
+def test_variant_and_layout_parsing():
+    assert bench.parse_variant("ours:ac=every:2,compile=1")["ac"] == "every:2"
+    assert bench.parse_layout("dp2cp2") == (2, 2) and bench.parse_layout("cp2") == (1, 2)
+    assert bench.parse_lengths("16k,100") == [16384, 100]
+    with pytest.raises(ValueError, match="unknown option"):
+        bench.parse_variant("ours:speed=11")
+    assert sum(bench.doc_lengths(4096, 512, 0)) == 4096
+
+
+@pytest.mark.slow
+def test_context_parallel_and_data_parallel_layouts_under_torchrun(tmp_path):
+    """2 gloo processes: context parallel gives the one-process loss of the same sequence, data parallel the
+    one-process loss of the same two sequences."""
+    report, _ = _run(tmp_path, "--lengths", "64", "--layouts", "1;cp2;dp2", "--variants", "ours;ours:seqs=2")
+    by = {(r["layout"], r["variant"]): r for r in report["results"]}
+    assert all(r["status"] == "ok" for r in by.values()), report["results"]
+    assert by["cp2", "ours"]["loss_first"] == pytest.approx(by["1", "ours"]["loss_first"], abs=1e-5)
+    assert by["dp2", "ours"]["loss_first"] == pytest.approx(by["1", "ours:seqs=2"]["loss_first"], abs=1e-5)
+    assert by["cp2", "ours"]["tokens_per_s_per_gpu"] == pytest.approx(by["cp2", "ours"]["tokens_per_s"] / 2)

@@ -1,0 +1,75 @@
+"""Figures: the needle-in-a-haystack heatmap and perplexity-by-position curves (matplotlib, no display)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def short_tokens(n: float) -> str:
+    """1000 -> 1K, 131072 -> 128K, 1500 -> 1.5K (axis labels)."""
+    if n >= 1024 and n % 1024 == 0:
+        return f"{int(n // 1024)}K"
+    if n >= 1000:
+        return f"{n / 1000:g}K"
+    return f"{int(n)}"
+
+
+def niah_heatmap(results: dict[str, Any], path: str | Path) -> None:
+    """Context length on x, needle depth on y (0% at the top), score as colour: red 0, yellow, green 1."""
+    import numpy as np
+    from matplotlib.colors import LinearSegmentedColormap
+
+    plt = _pyplot()
+    cells = results["cells"]
+    lengths = sorted({c["length"] for c in cells})
+    depths = sorted({c["depth"] for c in cells})
+    grid = np.full((len(depths), len(lengths)), np.nan)
+    for c in cells:
+        grid[depths.index(c["depth"]), lengths.index(c["length"])] = c["score"]
+    cmap = LinearSegmentedColormap.from_list("niah", ["#F0496E", "#EBB839", "#0CD79F"])
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(lengths) + 2.5), max(3.0, 0.45 * len(depths) + 1.8)))
+    im = ax.imshow(grid, cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(lengths)), [short_tokens(n) for n in lengths],
+                  rotation=45 if len(lengths) > 8 else 0)
+    ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths])
+    if len(lengths) * len(depths) <= 200:  # numbers stay readable on small grids only
+        for i in range(len(depths)):
+            for j in range(len(lengths)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.2g}", ha="center", va="center", fontsize=8)
+    ax.set_xlabel("Context length (tokens)")
+    ax.set_ylabel("Needle depth (%)")
+    ax.set_title(f"Needle in a haystack: {Path(str(results.get('model', ''))).name}  "
+                 f"(mean {results.get('mean', float('nan')):.2f})", fontsize=10)
+    fig.colorbar(im, ax=ax, label="score")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def ppl_curves(results: dict[str, Any], path: str | Path) -> None:
+    """Perplexity per position bucket, one line per model (log scale: a broken window spans decades)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    for m in results["models"]:
+        xs = [(b["start"] + b["end"]) / 2 for b in m["curve"]]
+        ax.plot(xs, [b["ppl"] for b in m["curve"]], marker="o", label=f"{m['model']} ({m['ppl']:.1f})")
+    ax.set_xlabel("Position in sequence (tokens)")
+    ax.set_ylabel("Perplexity")
+    ax.set_yscale("log")
+    ax.set_title(f"Perplexity by position, sequences of {short_tokens(results['length'])} tokens", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,181 @@
+"""One page gathering every result in a run folder: NIAH heatmaps, perplexity curves, benchmark tables.
+
+    longreach report runs/demo --out runs/demo/report      # writes report.md, report.html and PNGs
+
+Results are found by shape, wherever they sit under the run folder: NIAH results.json ({"cells", "mean"}),
+perplexity results.json ({"models": [{"curve"}]}), and benchmark scores ({"benchmark", "task", "n", "score"},
+as `longreach eval score` prints them; a .json file may hold one such object or a list, a .jsonl one per
+line). Benchmark rows sit beside the paper's numbers (RECIPE.md section 1), and suite averages are shown
+once every task of a suite is present. Figures are redrawn from the data, so a missing PNG does not matter.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from longreach.errors import InputError
+from longreach.eval.plots import niah_heatmap, ppl_curves, short_tokens
+
+# ChatQA 2 paper (Xu et al. 2024), per task, 0-100.
+PAPER_MODELS = ["ChatQA-2-8B", "ChatQA-2-70B", "GPT-4-Turbo", "Llama3.1-70B-Instruct"]
+PAPER: dict[tuple[str, str], list[float | None]] = {
+    ("infinitebench", "en_sum"): [17.14, 16.08, 17.62, 30.94],
+    ("infinitebench", "en_qa"): [43.51, 48.22, 19.29, 38.49],
+    ("infinitebench", "en_mc"): [64.19, 80.35, 77.73, 75.55],
+    ("infinitebench", "en_dia"): [17.50, 19.50, 18.00, 14.29],
+}
+# Suite averages from the paper: (benchmark, tasks, numbers in PAPER_MODELS order).
+SUITES: dict[str, tuple[str, list[str], list[float | None]]] = {
+    "InfiniteBench >100K (En.Sum, En.QA, En.MC, En.Dia)":
+        ("infinitebench", ["en_sum", "en_qa", "en_mc", "en_dia"], [35.59, 41.04, 33.16, 39.81]),
+    "32K suite (QMSum, Qasper, QuALITY, MuSiQue, HotpotQA, MultiFieldQA-en)":
+        ("longbench", ["qmsum", "qasper", "quality", "musique", "hotpotqa", "multifieldqa_en"],
+         [39.41, 48.15, 51.93, 49.92]),
+    "ChatRAG Bench (9 datasets)":
+        ("chatrag", ["doc2dial", "quac", "qrecc", "coqa", "doqa", "convfinqa", "sqa", "topiocqa", "inscit"],
+         [52.50, 56.30, 54.72, None]),
+}
+
+Block = tuple  # ("h1"|"h2"|"h3"|"p", text) | ("img", file, alt) | ("table", header, rows)
+
+
+def _is_score(x: Any) -> bool:
+    return isinstance(x, dict) and {"benchmark", "task", "score"} <= set(x)
+
+
+def collect(run_dir: Path, skip: Path | None = None) -> dict[str, list[tuple[str, Any]]]:
+    """(relative path, data) of each result under run_dir, by kind; unreadable files under "skipped"."""
+    found: dict[str, list[tuple[str, Any]]] = {"niah": [], "ppl": [], "scores": [], "skipped": []}
+    files = sorted(p for p in run_dir.rglob("*") if p.suffix in (".json", ".jsonl") and p.is_file())
+    for f in files:
+        if skip is not None and skip.resolve() in f.resolve().parents:
+            continue
+        rel = str(f.relative_to(run_dir))
+        try:
+            if f.suffix == ".jsonl":
+                items = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+            else:
+                data = json.loads(f.read_text())
+                items = data if isinstance(data, list) else [data]
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            found["skipped"].append((rel, None))
+            continue
+        for item in items:
+            if isinstance(item, dict) and isinstance(item.get("cells"), list) and "mean" in item:
+                found["niah"].append((rel, item))
+            elif isinstance(item, dict) and isinstance(item.get("models"), list) and all(
+                    isinstance(m, dict) and "curve" in m for m in item["models"]):
+                found["ppl"].append((rel, item))
+            elif _is_score(item):
+                found["scores"].append((rel, item))
+    return found
+
+
+def _fmt(x: Any) -> str:
+    return "" if x is None else f"{x:.2f}" if isinstance(x, float) else str(x)
+
+
+def _slug(rel: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in rel.rsplit(".", 1)[0]).strip("_")
+
+
+def blocks(run_dir: Path, out: Path) -> list[Block]:
+    """The page as a list of blocks (headings, paragraphs, images, tables); figures are drawn into `out`."""
+    found = collect(run_dir, skip=out)
+    page: list[Block] = [("h1", f"longreach report: {run_dir}")]
+    if not any(found[k] for k in ("niah", "ppl", "scores")):
+        page.append(("p", "No results found (results.json of eval niah / eval ppl, or eval score outputs)."))
+    if found["niah"]:
+        page.append(("h2", "Needle in a haystack"))
+        for rel, r in found["niah"]:
+            png = f"niah_{_slug(rel)}.png"
+            niah_heatmap(r, out / png)
+            lengths = sorted({c["length"] for c in r["cells"]})
+            depths = sorted({c["depth"] for c in r["cells"]})
+            score = {(c["length"], c["depth"]): float(c["score"]) for c in r["cells"]}
+            page += [("h3", f"{rel}: {r.get('model', '')}"),
+                     ("p", f"mode {r.get('mode', '?')}, chat {r.get('chat', '?')}, mean score {_fmt(r['mean'])}"),
+                     ("img", png, f"NIAH heatmap of {rel}"),
+                     ("table", ["depth % \\ length"] + [short_tokens(n) for n in lengths],
+                      [[f"{d:g}"] + [_fmt(score.get((n, d))) for n in lengths] for d in depths])]
+    if found["ppl"]:
+        page.append(("h2", "Perplexity by position"))
+        for rel, r in found["ppl"]:
+            png = f"ppl_{_slug(rel)}.png"
+            ppl_curves(r, out / png)
+            edges = [f"{short_tokens(b['start'])}-{short_tokens(b['end'])}" for b in r["models"][0]["curve"]]
+            page += [("h3", f"{rel}: sequences of {r['length']} tokens"), ("img", png, f"perplexity of {rel}"),
+                     ("table", ["model", "overall"] + edges,
+                      [[m["model"], _fmt(float(m["ppl"]))] + [_fmt(float(b["ppl"])) for b in m["curve"]]
+                       for m in r["models"]])]
+    if found["scores"]:
+        page.append(("h2", "Benchmarks (0-100)"))
+        rows, have = [], {}
+        for rel, s in found["scores"]:
+            key = (str(s["benchmark"]).lower(), str(s["task"]).lower())
+            have[key] = float(s["score"])
+            rows.append([s["benchmark"], s["task"], _fmt(s.get("n")), _fmt(float(s["score"]))]
+                        + [_fmt(x) for x in PAPER.get(key, [None] * len(PAPER_MODELS))] + [rel])
+        page.append(("table", ["benchmark", "task", "n", "score"] + PAPER_MODELS + ["file"], rows))
+        suite_rows = []
+        for name, (bench, tasks, paper) in SUITES.items():
+            got = [have[(bench, t)] for t in tasks if (bench, t) in have]
+            if got:
+                mean = _fmt(sum(got) / len(got)) if len(got) == len(tasks) else f"{len(got)}/{len(tasks)} tasks"
+                suite_rows.append([name, mean] + [_fmt(x) for x in paper])
+        if suite_rows:
+            page += [("h3", "Suite averages"), ("table", ["suite", "this run"] + PAPER_MODELS, suite_rows)]
+    if found["skipped"]:
+        page.append(("p", "Unreadable files skipped: " + ", ".join(rel for rel, _ in found["skipped"])))
+    return page
+
+
+def _md_row(cells: list[Any]) -> str:
+    return "| " + " | ".join(str(x).replace("|", "\\|") for x in cells) + " |"
+
+
+def to_markdown(page: list[Block]) -> str:
+    lines: list[str] = []
+    for b in page:
+        if b[0] in ("h1", "h2", "h3"):
+            lines += ["#" * int(b[0][1]) + " " + b[1], ""]
+        elif b[0] == "p":
+            lines += [b[1], ""]
+        elif b[0] == "img":
+            lines += [f"![{b[2]}]({b[1]})", ""]
+        else:
+            lines += [_md_row(b[1]), "|" + "---|" * len(b[1])] + [_md_row(r) for r in b[2]] + [""]
+    return "\n".join(lines)
+
+
+def to_html(page: list[Block]) -> str:
+    e = html.escape
+    body: list[str] = []
+    for b in page:
+        if b[0] in ("h1", "h2", "h3", "p"):
+            body.append(f"<{b[0]}>{e(b[1])}</{b[0]}>")
+        elif b[0] == "img":
+            body.append(f'<img src="{e(b[1])}" alt="{e(b[2])}">')
+        else:
+            head = "".join(f"<th>{e(str(x))}</th>" for x in b[1])
+            rows = "".join("<tr>" + "".join(f"<td>{e(str(x))}</td>" for x in r) + "</tr>" for r in b[2])
+            body.append(f"<table><tr>{head}</tr>{rows}</table>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
+             "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>longreach report</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def build(run_dir: str | Path, out: str | Path) -> Path:
+    """Write out/report.md, out/report.html and the figures; returns the markdown path."""
+    run_dir, out = Path(run_dir), Path(out)
+    if not run_dir.is_dir():
+        raise InputError("run folder not found", path=str(run_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    page = blocks(run_dir, out)
+    (out / "report.md").write_text(to_markdown(page))
+    (out / "report.html").write_text(to_html(page))
+    return out / "report.md"

@@ -1,0 +1,146 @@
+"""The CPU demo (`longreach demo`): pass-key documents in the NIAH prompt's own words, the demo tokenizer, the
+base-stage sequences, and both stages end to end at a tiny size (base pretraining -> extension -> report)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from longreach import config as config_io
+from longreach import demo
+from longreach.eval import niah
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo-cpu.yaml"
+PROSE = ("Enter the King. My lord, the night is cold, and all the court is still. Why stay you here? "
+         "I stay to watch the stars that wheel above the tower. Go in, good friend; the hour is late. ") * 40
+
+
+@pytest.fixture
+def tiny_plays(tmp_path, monkeypatch):
+    """Three small 'plays' for training and one held out, instead of the 78 Gutenberg texts."""
+    folder = tmp_path / "plays"
+    folder.mkdir()
+    words = PROSE.split()
+    for i in range(4):
+        random.Random(i).shuffle(words)
+        (folder / f"play{i}.txt").write_text(" ".join(words) + "\n")
+    files = sorted(folder.glob("*.txt"))
+    monkeypatch.setattr(demo, "gutenberg_files", lambda held_out: files[3:] if held_out else files[:3])
+    return files
+
+
+def test_passkey_document_ends_like_the_niah_prompt():
+    """A training document is exactly what `eval niah` asks a raw-text model, followed by the answer."""
+    filler = "One sentence here. Another one there. And a third."
+    doc = demo.passkey_document(filler, "48213", 50.0)
+    context = niah.insert_needle(filler, demo.NEEDLE.replace("{key}", "48213"), 50.0, len(filler) // 2)
+    prompt = niah.Haystack.prompt(SimpleNamespace(chat=False), context, demo.QUESTION, demo.lead_in())
+    assert doc == prompt + " 48213.\n"
+    assert demo.lead_in() == "The pass key is"
+
+
+def test_tokenizer_splits_keys_into_digits_and_collapses_spaces():
+    tok = demo.build_tokenizer([PROSE], vocab_size=400, seed=0)
+    pieces = tok.convert_ids_to_tokens(tok(" 48213.", add_special_tokens=False)["input_ids"])
+    assert pieces == ["Ġ4", "8", "2", "1", "3", "."]
+    assert tok("a.  The", add_special_tokens=False)["input_ids"] == tok("a. The", add_special_tokens=False)["input_ids"]
+    assert tok("Hi")["input_ids"] == tok("Hi", add_special_tokens=False)["input_ids"]  # no BOS added to text
+
+
+def test_base_sequences_hold_whole_passkey_documents(tiny_plays, tmp_path):
+    from longreach.data.shards import PackedShards
+
+    cfg = config_io.load(demo.DemoConfig, overrides=["window=96", "base.passkey_fraction=0.5"])
+    tok = demo.build_tokenizer([p.read_text() for p in tiny_plays], vocab_size=400, seed=0)
+    manifest = demo.base_sequences(cfg, tok, tmp_path / "shards", 40)
+    shards = PackedShards(tmp_path / "shards")
+    assert len(shards) == 40 and shards.seq_len == 96
+    found = 0
+    for i in range(len(shards)):
+        ids = shards[i]["input_ids"].tolist()
+        assert ids[0] == tok.bos_token_id and tok.bos_token == "<s>"
+        text = tok.decode(ids[1:])
+        if "pass key" in text:
+            found += 1
+            key = text.split("The pass key is ")[1][:5]
+            assert key.isdigit() and text.endswith(f"Answer: The pass key is {key}.")
+            assert text.count(key) == 3  # twice in the needle, once as the answer
+    assert found == manifest["demo"]["passkey_sequences"] and 10 <= found <= 30
+
+
+def test_niah_lengths_cover_inside_and_beyond_the_window():
+    cfg = demo.DemoConfig()
+    assert demo.niah_lengths(cfg, 128) == [64, 120, 248, 504, 1016, 1528, 2040]
+    s = demo.niah_summary({"cells": [{"length": 64, "score": 1.0}, {"length": 128, "score": 0.5},
+                                     {"length": 256, "score": 0.0}, {"length": 256, "score": 1.0}]}, 128)
+    assert s["inside"] == 0.75 and s["beyond"] == 0.5
+
+
+def test_bad_stage_is_an_input_error():
+    from longreach.errors import InputError
+
+    with pytest.raises(InputError):
+        demo.run(demo.DemoConfig(stage="finetune"))
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_at_a_tiny_size(tiny_plays, tmp_path):
+    """Base stage (tokenizer, shards, pretraining) then the extension stage (corpus, data prepare, base change,
+    training, NIAH and perplexity for three models, report), a few steps each, from the shipped config."""
+    tiny = ["base.steps=3", "base.batch=4", "base.hidden=32", "base.layers=2", "base.heads=2",
+            "base.intermediate=64", "base.vocab_size=400", "eval.niah_trials=1", "eval.niah_depths=0,100",
+            f"eval.haystack={tiny_plays[3]}"]
+    base = demo.run(config_io.load(demo.DemoConfig, CONFIG, tiny + ["stage=base", f"out={tmp_path / 'b'}"]))
+    assert (tmp_path / "b" / "base" / "model.safetensors").is_file()
+    assert 0.0 <= base["niah_in_window"] <= 1.0
+
+    cfg = config_io.load(demo.DemoConfig, CONFIG, tiny + [
+        f"out={tmp_path / 'x'}", f"base_model={base['base']}", "factor=2", "extend.steps=2",
+        "extend.micro_batch=2", "extend.passkey_fraction=0.5", "eval.ppl_sequences=1", "eval.ppl_buckets=4"])
+    summary = demo.run(cfg)
+    out = tmp_path / "x"
+    assert summary["target"] == 256 and summary["window"] == 128
+    assert [r["model"] for r in summary["rows"]] == ["base", "base-change", "extended"]
+    assert abs(summary["passkey_share"] - 0.5) < 0.15  # measured from the shards' per-source token counts
+    for name in ("report.md", "ppl.png", "niah-base.png", "niah-base-change.png", "niah-extended.png"):
+        assert (out / name).stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "Synthetic data, declared" in report and "extended" in report
+    assert config_io.load(demo.DemoConfig, out / "config.yaml").extend.steps == 2
+    change = json.loads((out / "models" / "base-change" / "config.json").read_text())
+    assert change["max_position_embeddings"] == 256 and summary["new_base"] > summary["old_base"]
+    manifest = json.loads((out / "data" / "manifest.json").read_text())
+    assert manifest["seq_len"] == 256 and manifest["separator"]["text"] == "<s>"
+    # packed in order, every sequence starts with a document: no pass-key document is split
+    from longreach.data.shards import PackedShards
+    from longreach.model.load import load_tokenizer
+    shards, tok = PackedShards(out / "data"), load_tokenizer(out / "models" / "base")
+    assert len(shards) == 4 and manifest["tail_tokens_dropped"] == 0
+    for i in range(len(shards)):
+        assert shards.doc_starts(i)[0] == 0
+        text = tok.decode(shards[i]["input_ids"])
+        if "Question:" in text:
+            key = text.split("The pass key is ")[1][:5]
+            assert text.endswith(f"Answer: The pass key is {key}.\n<s>")
+    # the extended model is the trained one: its weights differ from the base-change model's
+    from safetensors.numpy import load_file
+    a = load_file(out / "models" / "base-change" / "model.safetensors")
+    b = load_file(out / "models" / "extended" / "model.safetensors")
+    assert any(not np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_committed_base_retrieves_inside_its_window(tmp_path):
+    """The committed base model: a 128-token window and pass-key retrieval inside it (NIAH at 64 tokens)."""
+    from longreach.model.load import load_model
+
+    model, tok = load_model(demo.COMMITTED_BASE)
+    assert model.config.max_position_embeddings == 128 and tok.bos_token == "<s>"
+    assert tok.convert_ids_to_tokens(tok(" 48213", add_special_tokens=False)["input_ids"]) == ["Ġ4", "8", "2", "1", "3"]
+    cfg = config_io.load(demo.DemoConfig, overrides=["eval.niah_trials=2", "eval.niah_depths=0,50"])
+    res = demo.niah(cfg, demo.COMMITTED_BASE, tmp_path / "niah", [64])
+    assert res["mean"] >= 0.75

@@ -1,0 +1,147 @@
+"""Needle in a haystack: exact prompt lengths, needle at a sentence boundary at the asked depth, scoring
+rules, results.json schema and heatmap, logprob and pass-key modes, the CLI, the resume guard."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+
+from longreach.errors import InputError
+from longreach.eval import niah
+from longreach.eval.backends import render
+from test_eval_backends import tiny_backend, tiny_model, tiny_tokenizer
+
+
+@functools.lru_cache(maxsize=2)
+def haystack(chat: bool = False) -> niah.Haystack:
+    return niah.Haystack(tiny_backend(), niah.read_haystack(None), 2000, chat)
+
+
+@pytest.fixture
+def essays(tmp_path):
+    """Four essays as one haystack file (tokenising all 49 with a 400-token vocabulary takes a while)."""
+    from longreach import assets
+
+    path = tmp_path / "essays.txt"
+    path.write_text("\n\n".join(f.read_text() for f in sorted(assets.paul_graham_essays().glob("*.txt"))[:4]))
+    return str(path)
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_prompts_have_the_exact_length(chat):
+    hay, b = haystack(chat), tiny_backend()
+    for length in (260, 333, 800):
+        for depth in (0.0, 50.0, 100.0):
+            prompt = hay.build(length, depth, niah.DEFAULT_NEEDLE, niah.DEFAULT_QUESTION, None)
+            assert b.count_tokens(prompt) == length
+            assert render(b.tokenizer, prompt).count(niah.DEFAULT_NEEDLE) == 1
+
+
+def test_needle_sits_after_the_period_before_depth_percent_of_the_context_tokens():
+    hay, tok, needle = haystack(), tiny_tokenizer(), "\n" + niah.DEFAULT_NEEDLE + "\n"
+    for n in (300, 800):
+        plain = tok.decode(hay.ids[:n])
+        for depth in (10.0, 25.0, 50.0, 75.0, 90.0):
+            text = hay.context(n, niah.DEFAULT_NEEDLE, depth)
+            at = text.index(needle)
+            assert text[:at] + text[at + len(needle):] == plain  # nothing lost, nothing added
+            target = len(tok.decode(hay.ids[:int(n * depth / 100)]))
+            assert text[:at] == plain[:plain.rfind(".", 0, target) + 1]  # the nearest preceding period
+            tokens_before = len(tok(text[:at], add_special_tokens=False)["input_ids"])
+            assert 100 * tokens_before / n <= depth + 1
+            if n == 800 and depth >= 50:  # past the first sentences: moved back by one sentence at most
+                assert 100 * tokens_before / n >= depth - 20
+    assert hay.context(300, "N.", 0).startswith("\nN.\n") and hay.context(300, "N.", 100).endswith("\nN.\n")
+
+
+def test_insert_needle_moves_back_to_the_preceding_period():
+    ctx = "One two. Three four five. Six seven"
+    assert niah.insert_needle(ctx, "N.", 50, ctx.index("five")) == "One two.\nN.\n Three four five. Six seven"
+    assert niah.insert_needle(ctx, "N.", 10, 3) == "\nN.\nOne two. Three four five. Six seven"
+    assert niah.insert_needle(ctx, "N.", 100, 3).endswith("Six seven\nN.\n")
+
+
+def test_answer_scoring_rules():
+    a = niah.DEFAULT_ANSWER
+    assert niah.key_words(a) == ["eat", "sandwich", "sit", "dolores", "park", "sunny", "day"]
+    assert niah.answer_score("Eat a sandwich and sit in Dolores Park on a sunny day.", a) == 1.0
+    assert niah.answer_score("Eating sandwiches in Dolores park!", a) == pytest.approx(4 / 7)
+    assert niah.answer_score("Visit the Golden Gate Bridge.", a) == 0.0
+    assert niah.answer_score("The pass key is 71829.", "71829") == 1.0
+    assert niah.answer_score("It is 718290", "71829") == 0.0
+    assert niah.answer_score("Maybe 12, or 71829", "71829") == 0.0  # the first number counts
+    assert niah.choice_score([-1.0, -2.0, -3.0])["score"] == 1.0
+    assert niah.choice_score([-2.0, -1.0])["score"] == 0.0
+    assert niah.choice_score([0.0, 0.0])["p_answer"] == pytest.approx(0.5)
+    assert niah.lead_in(niah.DEFAULT_NEEDLE, a) == "The best thing to do in San Francisco is"
+
+
+def test_run_writes_results_heatmap_and_records(tmp_path, essays):
+    cfg = niah.NiahConfig(model="tiny", lengths=[200, 400], depths=[0, 50, 100], out=str(tmp_path / "n"),
+                          max_new_tokens=8, haystack=essays)
+    res = niah.run(cfg, backend=tiny_backend())
+    saved = json.loads((tmp_path / "n" / "results.json").read_text())
+    assert saved == res and saved["model"] == "tiny" and saved["chat"] is True
+    assert [(c["length"], c["depth"]) for c in saved["cells"]] == [(n, d) for n in (200, 400) for d in (0, 50, 100)]
+    assert all(set(c) == {"length", "depth", "score"} and 0 <= c["score"] <= 1 for c in saved["cells"])
+    assert saved["mean"] == pytest.approx(sum(c["score"] for c in saved["cells"]) / 6)
+    assert (tmp_path / "n" / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    recs = [json.loads(x) for x in (tmp_path / "n" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["prompt_tokens"] for r in recs] == [r["length"] for r in recs]
+    for r in recs:
+        assert r["score"] == niah.answer_score(r["prediction"], niah.DEFAULT_ANSWER)
+    again = niah.run(cfg, backend=tiny_backend())  # everything is found in predictions.jsonl
+    assert again["cells"] == res["cells"] and len((tmp_path / "n" / "predictions.jsonl").read_text().splitlines()) == 6
+    # Same folder, other needle: refused instead of mixing two experiments.
+    with pytest.raises(InputError, match="other settings"):
+        niah.run(niah.NiahConfig(**{**cfg.__dict__, "needle": "The sky is green."}), backend=tiny_backend())
+
+
+def test_logprob_mode_with_pass_keys(tmp_path, essays):
+    cfg = niah.NiahConfig(model="tiny", needle="The pass key is {key}. Remember it.", question="What is the pass key?",
+                          answer="{key}", lengths=[180], depths=[0, 100], trials=2, mode="logprob", chat=False,
+                          out=str(tmp_path / "k"), haystack=essays)
+    res = niah.run(cfg, backend=tiny_backend())
+    recs = [json.loads(x) for x in (tmp_path / "k" / "predictions.jsonl").read_text().splitlines()]
+    keys = [r["answer"] for r in recs]
+    assert len(recs) == 4 and len(set(keys)) == 4 and all(k.isdigit() and len(k) == 5 for k in keys)
+    for r in recs:
+        assert len(r["prediction"]) == 1 + cfg.distractors_digits
+        assert r["score"] == float(r["prediction"][0] > max(r["prediction"][1:]))
+    assert [c["score"] for c in res["cells"]] == [(recs[0]["score"] + recs[1]["score"]) / 2,
+                                                  (recs[2]["score"] + recs[3]["score"]) / 2]
+    # The prompt ends with the needle's lead-in; each choice continues it after a space.
+    ex = niah.cell_examples(cfg)[0]
+    hay = niah.Haystack(tiny_backend(), niah.read_haystack(essays), 180, chat=False)
+    prompt = hay.build(180, 0, ex["needle"], ex["question"], niah.lead_in(ex["needle"], ex["answer"]))
+    assert prompt.endswith("Question: What is the pass key?\nAnswer: The pass key is")
+    assert niah.continuation(prompt, "123") == " 123" and niah.continuation("x\n", "123") == "123"
+
+
+def test_logprob_custom_text_needle_needs_distractors(tmp_path):
+    cfg = niah.NiahConfig(model="tiny", needle="Bob likes green tea.", question="What does Bob like?",
+                          answer="green tea", mode="logprob", lengths=[150], depths=[50], out=str(tmp_path))
+    with pytest.raises(InputError, match="distractor"):
+        niah.run(cfg, backend=tiny_backend())
+
+
+def test_cli_niah_on_a_saved_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from longreach.cli import app
+
+    tiny_model().save_pretrained(tmp_path / "m")
+    tiny_tokenizer().save_pretrained(tmp_path / "m")
+    hay = tmp_path / "hay.txt"
+    hay.write_text(" ".join(f"Sentence {i} says something about essays." for i in range(300)))
+    out = tmp_path / "out"
+    args = ["eval", "niah", "--model", str(tmp_path / "m"), "--haystack", str(hay), "--lengths", "120,240",
+            "--depths", "0,50,100", "--out", str(out), "--max-new-tokens", "4", "--no-chat"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    printed = json.loads(r.stdout.strip().splitlines()[-1])
+    saved = json.loads((out / "results.json").read_text())
+    assert printed["mean"] == saved["mean"] and saved["chat"] is False and len(saved["cells"]) == 6
+    assert (out / "heatmap.png").exists() and (out / "config.yaml").exists()

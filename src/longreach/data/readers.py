@@ -215,3 +215,18 @@ def _record_document(record: Any, path: Path, line: int, source: str, text_field
     if source_field:
         source = strings[source_field]
     return Document(text=text, source=source, doc_id=f"{path}:{line}")
+
+
+def iter_json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON-lines file; bad lines raise InputError."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"not valid JSON ({e.msg})", path=str(path), line=n) from None
+            if not isinstance(rec, dict):
+                raise InputError("expected a JSON object", path=str(path), line=n)
+            yield n, rec

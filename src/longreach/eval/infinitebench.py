@@ -20,10 +20,10 @@ Max new tokens are the official DATA_NAME_TO_MAX_NEW_TOKENS.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from longreach.data.readers import iter_json_lines
 from longreach.errors import InputError
 from longreach.eval.metrics import first_int_match, normalize_answer, rouge_lsum, token_f1
 
@@ -203,18 +203,7 @@ def read_predictions(path: str | Path) -> list[dict]:
     record with no label under either key is an error. Blank lines are skipped.
     """
     path = Path(path)
-    rows: list[tuple[int, dict]] = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"not valid JSON ({e.msg})", path=str(path), line=n) from None
-            if not isinstance(rec, dict):
-                raise InputError("expected a JSON object", path=str(path), line=n)
-            rows.append((n, rec))
+    rows = list(iter_json_lines(path))
     if not rows:
         raise InputError("no predictions in file", path=str(path))
     first_line, first = rows[0]
@@ -256,24 +245,15 @@ def load_examples(path: str | Path, task: str | None = None) -> list[dict]:
     path = Path(path)
     official = resolve_task(task) if task else None
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                ex = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"not valid JSON ({e.msg})", path=str(path), line=n) from None
-            if not isinstance(ex, dict):
-                raise InputError("expected a JSON object", path=str(path), line=n)
-            for key in ("id", "context", "input", "answer"):
-                if key not in ex:
-                    raise InputError("missing", path=str(path), line=n, field=key)
-            if official == "longbook_choice_eng":
-                opts = ex.get("options")
-                if not isinstance(opts, list) or len(opts) != 4:
-                    raise InputError("expected a list of 4 options", path=str(path), line=n, field="options")
-            out.append(ex)
+    for n, ex in iter_json_lines(path):
+        for key in ("id", "context", "input", "answer"):
+            if key not in ex:
+                raise InputError("missing", path=str(path), line=n, field=key)
+        if official == "longbook_choice_eng":
+            opts = ex.get("options")
+            if not isinstance(opts, list) or len(opts) != 4:
+                raise InputError("expected a list of 4 options", path=str(path), line=n, field="options")
+        out.append(ex)
     return out
 
 

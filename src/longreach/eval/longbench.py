@@ -19,12 +19,12 @@ chooses (`quality_choice`) must equal the gold letter. That rule is longreach's,
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from longreach.data.readers import iter_json_lines
 from longreach.errors import InputError
 from longreach.eval.infinitebench import truncate_middle
 from longreach.eval.metrics import fuzz_ratio, normalize_zh_answer, qa_f1, rouge_l_longbench, token_f1
@@ -168,26 +168,17 @@ def read_predictions(path: str | Path, dataset: str) -> tuple[list[dict], list |
     path = Path(path)
     rows, all_classes = [], None
     need = ("pred", "answers") if dataset == "quality" else ("pred", "answers", "all_classes")
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"not valid JSON ({e.msg})", path=str(path), line=n) from None
-            if not isinstance(rec, dict):
-                raise InputError("expected a JSON object", path=str(path), line=n)
-            for key in need:
-                if key not in rec:
-                    raise InputError("missing", path=str(path), line=n, field=key)
-            if not isinstance(rec["pred"], str):
-                raise InputError("expected a string", path=str(path), line=n, field="pred")
-            if not isinstance(rec["answers"], list):
-                raise InputError("expected a list", path=str(path), line=n, field="answers")
-            all_classes = rec.get("all_classes")
-            rows.append({"line": n, "id": rec.get("_id", rec.get("id")), "prediction": rec["pred"],
-                         "answers": rec["answers"]})
+    for n, rec in iter_json_lines(path):
+        for key in need:
+            if key not in rec:
+                raise InputError("missing", path=str(path), line=n, field=key)
+        if not isinstance(rec["pred"], str):
+            raise InputError("expected a string", path=str(path), line=n, field="pred")
+        if not isinstance(rec["answers"], list):
+            raise InputError("expected a list", path=str(path), line=n, field="answers")
+        all_classes = rec.get("all_classes")
+        rows.append({"line": n, "id": rec.get("_id", rec.get("id")), "prediction": rec["pred"],
+                     "answers": rec["answers"]})
     if not rows:
         raise InputError("no predictions in file", path=str(path))
     return rows, all_classes
@@ -288,18 +279,11 @@ def load_examples(path: str | Path) -> list[dict]:
     """Examples of a LongBench data file (jsonl: input, context, answers, length, dataset, all_classes, _id)."""
     path = Path(path)
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                ex = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"not valid JSON ({e.msg})", path=str(path), line=n) from None
-            for key in ("input", "context", "answers"):
-                if key not in ex:
-                    raise InputError("missing", path=str(path), line=n, field=key)
-            out.append(ex)
+    for n, ex in iter_json_lines(path):
+        for key in ("input", "context", "answers"):
+            if key not in ex:
+                raise InputError("missing", path=str(path), line=n, field=key)
+        out.append(ex)
     return out
 
 
@@ -312,31 +296,24 @@ def load_quality(path: str | Path, require_gold: bool = True) -> list[dict]:
     """
     path = Path(path)
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                art = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"not valid JSON ({e.msg})", path=str(path), line=n) from None
-            for key in ("article", "questions"):
-                if key not in art:
-                    raise InputError("missing", path=str(path), line=n, field=key)
-            for q in art["questions"]:
-                opts = q.get("options")
-                if not isinstance(opts, list) or len(opts) != 4:
-                    raise InputError("expected 4 options", path=str(path), line=n, field="questions.options")
-                gold = q.get("gold_label")
-                if gold is None and require_gold:
-                    raise InputError("no gold_label (test split? use require_gold=False)", path=str(path), line=n,
-                                     field="questions.gold_label")
-                if gold is not None and gold not in (1, 2, 3, 4):
-                    raise InputError(f"expected 1-4, got {gold!r}", path=str(path), line=n,
-                                     field="questions.gold_label")
-                options = "\n".join(f"({k}) {o}" for k, o in zip("ABCD", opts))
-                out.append({"_id": q.get("question_unique_id"), "dataset": "quality", "context": art["article"],
-                            "input": f"Question: {q['question'].strip()}\n\nOptions:\n{options}",
-                            "options": opts, "answers": ["ABCD"[gold - 1]] if gold else [],
-                            "all_classes": None, "difficult": q.get("difficult")})
+    for n, art in iter_json_lines(path):
+        for key in ("article", "questions"):
+            if key not in art:
+                raise InputError("missing", path=str(path), line=n, field=key)
+        for q in art["questions"]:
+            opts = q.get("options")
+            if not isinstance(opts, list) or len(opts) != 4:
+                raise InputError("expected 4 options", path=str(path), line=n, field="questions.options")
+            gold = q.get("gold_label")
+            if gold is None and require_gold:
+                raise InputError("no gold_label (test split? use require_gold=False)", path=str(path), line=n,
+                                 field="questions.gold_label")
+            if gold is not None and gold not in (1, 2, 3, 4):
+                raise InputError(f"expected 1-4, got {gold!r}", path=str(path), line=n,
+                                 field="questions.gold_label")
+            options = "\n".join(f"({k}) {o}" for k, o in zip("ABCD", opts))
+            out.append({"_id": q.get("question_unique_id"), "dataset": "quality", "context": art["article"],
+                        "input": f"Question: {q['question'].strip()}\n\nOptions:\n{options}",
+                        "options": opts, "answers": ["ABCD"[gold - 1]] if gold else [],
+                        "all_classes": None, "difficult": q.get("difficult")})
     return out

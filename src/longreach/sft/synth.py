@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from longreach.data.readers import iter_json_lines
 from longreach.errors import InputError
 from longreach.rag.chunk import ChunkConfig, chunk_text, sentence_spans
 
@@ -224,23 +225,16 @@ def cloze_question(passage: str, rng: np.random.Generator) -> tuple[str, str, st
 def read_qa_records(path: str | Path) -> list[dict[str, Any]]:
     """{document, passage, question, answer} records (NarrativeQA-like) with file/line errors."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"invalid JSON: {e.msg}", path=str(path), line=n) from None
-            passage = rec.get("passage", rec.get("summary"))
-            answers = rec.get("answers", rec.get("answer"))
-            answer = answers[0] if isinstance(answers, list) and answers else answers
-            for name, v in (("document", rec.get("document")), ("passage", passage),
-                            ("question", rec.get("question")), ("answer", answer)):
-                if not isinstance(v, str) or not v.strip():
-                    raise InputError("missing or not a non-empty string", path=str(path), line=n, field=name)
-            out.append({"document": rec["document"], "passage": passage, "question": rec["question"],
-                        "answer": answer, "where": f"{path}:{n}"})
+    for n, rec in iter_json_lines(path):
+        passage = rec.get("passage", rec.get("summary"))
+        answers = rec.get("answers", rec.get("answer"))
+        answer = answers[0] if isinstance(answers, list) and answers else answers
+        for name, v in (("document", rec.get("document")), ("passage", passage),
+                        ("question", rec.get("question")), ("answer", answer)):
+            if not isinstance(v, str) or not v.strip():
+                raise InputError("missing or not a non-empty string", path=str(path), line=n, field=name)
+        out.append({"document": rec["document"], "passage": passage, "question": rec["question"],
+                    "answer": answer, "where": f"{path}:{n}"})
     if not out:
         raise InputError("no record", path=str(path))
     return out

@@ -6,8 +6,8 @@
 
 The extension stage follows the recipe on a small scale: the committed base (pretrained by `--stage base` at
 window L) gets a larger RoPE base (`rope.recommended_base`) and continued pretraining on documents packed
-into 16 x L token sequences with a plain-text "<s>" between them (`longreach data prepare`, `longreach train`);
-then
+into 16 x L token sequences with a plain-text "<s>" between them (`longreach data prepare`, `longreach
+train`); then
 the base model, the base-change-only model and the extended model are compared on needle in a haystack
 (pass-key needle in Paul Graham essays, text none of them saw) and perplexity by position (a held-out play).
 
@@ -60,10 +60,10 @@ class BaseStage:
 class ExtendStage:
     """Continued pretraining at 16 x L after the base change."""
 
-    steps: int = 150  # optimizer steps (one epoch: the corpus holds steps x micro_batch sequences)
-    micro_batch: int = 8  # sequences of 16 x L tokens per step
-    lr: float = 3e-4  # peak learning rate (warm-up then cosine to lr/10)
-    warmup_steps: int = 10  # linear warm-up
+    steps: int = 600  # optimizer steps (one epoch: the corpus holds steps x micro_batch sequences)
+    micro_batch: int = 2  # sequences of 16 x L tokens per step (2 learned more per token than 8)
+    lr: float = 3e-4  # peak learning rate, warm-up then cosine to lr/10 (1e-3 first wipes out retrieval)
+    warmup_steps: int = 20  # linear warm-up
     passkey_fraction: float = 0.8  # share of the extension corpus's tokens in pass-key documents
 
 
@@ -160,7 +160,7 @@ def build_tokenizer(texts: list[str], vocab_size: int, seed: int = 0):
                                    model_max_length=1 << 30)
 
 
-# -------------------------------------------------------------------------------------------------- base stage
+# ------------------------------------------------------------------------------------------------ base stage
 
 def base_sequences(cfg: DemoConfig, tok, out_dir: Path, n: int) -> dict[str, Any]:
     """`n` sequences of exactly L tokens, written as shards: BOS, then a pass-key document or a prose window.
@@ -225,8 +225,8 @@ def run_base(cfg: DemoConfig) -> dict[str, Any]:
     init.mkdir(parents=True, exist_ok=True)
     mcfg.save_pretrained(init)
     tok.save_pretrained(init)
-    tcfg = TrainConfig(model=str(init), data=str(out / "base-data"), out=str(out / "base-train"), stage="base",
-                       max_steps=b.steps, micro_batch=b.batch, lr=b.lr, min_lr=b.lr / 10,
+    tcfg = TrainConfig(model=str(init), data=str(out / "base-data"), out=str(out / "base-train"),
+                       stage="base", max_steps=b.steps, micro_batch=b.batch, lr=b.lr, min_lr=b.lr / 10,
                        warmup_steps=b.warmup_steps, seed=cfg.seed, save_every=max(1, b.steps // 4),
                        keep_checkpoints=1, loss_chunk_tokens=8192, precision="fp32")  # fp32 on a GPU too
     summary = train(tcfg)
@@ -308,8 +308,9 @@ def niah(cfg: DemoConfig, model: Path, out: Path, lengths: list[int]) -> dict[st
 
     return run(NiahConfig(model=str(model), haystack=cfg.eval.haystack, needle=NEEDLE, question=QUESTION,
                           answer=ANSWER, lengths=lengths, depths=list(cfg.eval.niah_depths), out=str(out),
-                          trials=cfg.eval.niah_trials, key_digits=cfg.key_digits, max_new_tokens=cfg.key_digits + 4, chat=False,
-                          seed=cfg.seed, batch_size=8, resume=False))
+                          trials=cfg.eval.niah_trials, key_digits=cfg.key_digits,
+                          max_new_tokens=cfg.key_digits + 4, chat=False, seed=cfg.seed, batch_size=8,
+                          resume=False))
 
 
 def niah_lengths(cfg: DemoConfig, window: int) -> list[int]:
@@ -322,7 +323,7 @@ def niah_lengths(cfg: DemoConfig, window: int) -> list[int]:
 
 
 def run_extend(cfg: DemoConfig) -> dict[str, Any]:
-    """Base change + continued pretraining at factor x L, then NIAH and perplexity for three models + report."""
+    """Base change + continued pretraining at factor x L; NIAH and perplexity of three models; report."""
     from longreach.data.config import PrepareConfig
     from longreach.data.prepare import prepare
     from longreach.eval.ppl import PplConfig
@@ -339,7 +340,7 @@ def run_extend(cfg: DemoConfig) -> dict[str, Any]:
     if not (base_src / "config.json").is_file():
         raise InputError("no base model here: run `longreach demo --stage base` first", path=str(base_src),
                          field="base_model")
-    for sub in ("corpus", "data", "models", "train", "eval"):  # a demo run starts clean; nothing else is touched
+    for sub in ("corpus", "data", "models", "train", "eval"):  # a run starts clean; nothing else is touched
         shutil.rmtree(out / sub, ignore_errors=True)
     model, tok = _load(base_src)
     window = int(model.config.max_position_embeddings)
@@ -352,8 +353,9 @@ def run_extend(cfg: DemoConfig) -> dict[str, Any]:
 
     # data: corpus files -> `data prepare` at the target length, "<s>" between documents
     corpus = write_corpus(cfg, tok, target, out / "corpus")
-    pcfg = PrepareConfig(inputs=[str(out / "corpus" / "gutenberg.jsonl"), str(out / "corpus" / "passkey.jsonl")],
-                         tokenizer=str(base_dir), seq_len=target, out=str(out / "data"), sep_mode="sep", sep=SEP,
+    sources = [str(out / "corpus" / "gutenberg.jsonl"), str(out / "corpus" / "passkey.jsonl")]
+    pcfg = PrepareConfig(inputs=sources, tokenizer=str(base_dir), seq_len=target, out=str(out / "data"),
+                         sep_mode="sep", sep=SEP,
                          upsample_ratio=1.0, shuffle=False, seed=cfg.seed)  # the corpus sets mix and layout
     data = prepare(pcfg, overwrite=True)
     if data["sequences"] != corpus["sequences"] or data["tail_tokens_dropped"]:
@@ -385,10 +387,12 @@ def run_extend(cfg: DemoConfig) -> dict[str, Any]:
     t = time.time()
     lengths = niah_lengths(cfg, window)
     models = {"base": base_dir, "base-change": change_dir, "extended": ext_dir}
-    niah_res = {name: niah(cfg, path, out / "eval" / f"niah-{name}", lengths) for name, path in models.items()}
+    niah_res = {name: niah(cfg, path, out / "eval" / f"niah-{name}", lengths)
+                for name, path in models.items()}
     ppl_text = cfg.eval.ppl_text or str(gutenberg_files(held_out=True)[0])
     ppl_res = ppl_run(PplConfig(models=[str(p) for p in models.values()], text=ppl_text, length=target,
-                                buckets=cfg.eval.ppl_buckets, sequences=cfg.eval.ppl_sequences, out=str(out / "eval" / "ppl")))
+                                buckets=cfg.eval.ppl_buckets, sequences=cfg.eval.ppl_sequences,
+                                out=str(out / "eval" / "ppl")))
     times["eval"] = time.time() - t
     times["total"] = time.time() - t0
     facts = {"window": window, "target": target, "old_base": float(_load_config(base_dir)["rope_theta"]),
@@ -423,69 +427,79 @@ def niah_summary(res: dict[str, Any], window: int) -> dict[str, Any]:
 def write_report(cfg: DemoConfig, out: Path, facts: dict[str, Any], niah_res: dict[str, Any],
                  ppl_res: dict[str, Any]) -> dict[str, Any]:
     """report.md + PNGs in OUT, summary.json, and a table on stderr; returns the summary."""
-    window, target = facts["window"], facts["target"]
+    window = facts["window"]
     rows = []
     for name, res in niah_res.items():
         s = niah_summary(res, window)
         curve = next(m for m in ppl_res["models"] if m["model"] == name)["curve"]
         inside = [b["ppl"] for b in curve if b["end"] <= window]
         rows.append({"model": name, "niah_inside": s["inside"], "niah_beyond": s["beyond"],
-                     "niah_per_length": s["per_length"], "ppl_inside": sum(inside) / len(inside) if inside else None,
-                     "ppl_last": curve[-1]["ppl"]})
+                     "niah_per_length": s["per_length"], "ppl_last": curve[-1]["ppl"],
+                     "ppl_inside": sum(inside) / len(inside) if inside else None})
         shutil.copy(out / "eval" / f"niah-{name}" / "heatmap.png", out / f"niah-{name}.png")
     shutil.copy(out / "eval" / "ppl" / "ppl.png", out / "ppl.png")
-    summary = {"rows": rows, **{k: facts[k] for k in ("window", "target", "old_base", "new_base", "passkey_share",
-                                                      "tokens_per_step", "train_loss", "times")}}
+    keys = ("window", "target", "old_base", "new_base", "passkey_share", "tokens_per_step", "train_loss")
+    summary = {"rows": rows, **{k: facts[k] for k in keys}, "times": facts["times"]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    config_io.dump(cfg, out / "config.yaml")
+    (out / "report.md").write_text("\n".join(report_lines(cfg, facts, rows)))
 
     def f(x: float | None, fmt: str = ".2f") -> str:
         return "-" if x is None else format(x, fmt)
 
+    table = [f"{'model':<12} {'NIAH<=L':>8} {'NIAH>L':>8} {'ppl<=L':>8} {'ppl@end':>8}"]
+    table += [f"{r['model']:<12} {f(r['niah_inside']):>8} {f(r['niah_beyond']):>8} "
+              f"{f(r['ppl_inside'], '.1f'):>8} {f(r['ppl_last'], '.1f'):>8}" for r in rows]
+    print("\n".join(table), file=sys.stderr)
+    _log(f"report: {out / 'report.md'} ({facts['times']['total']:.0f}s)")
+    return summary
+
+
+def report_lines(cfg: DemoConfig, facts: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """The markdown of report.md."""
+    def f(x: float | None, fmt: str = ".2f") -> str:
+        return "-" if x is None else format(x, fmt)
+
+    window, target, e, t = facts["window"], facts["target"], cfg.extend, facts["times"]
     lengths = list(rows[0]["niah_per_length"])
-    t = facts["times"]
-    e = cfg.extend
-    lines = [
-        f"# longreach demo: a {window}-token model extended to {target} tokens", "",
-        (f"A 4-layer Llama pretrained by longreach at a {window}-token window gets the ChatQA 2 treatment on a "
-        f"small scale: RoPE base {facts['old_base']:.3g} -> {facts['new_base']:.3g} (`rope.recommended_base` for "
-        f"{target} tokens), then {e.steps} steps of continued pretraining on {facts['sequences']} packed sequences "
-        f"of {target} tokens ({facts['tokens_per_step']:,} tokens per step, lr {e.lr:g}), documents joined by a "
-        f"plain-text `{SEP}`."), "",
-        ("**Synthetic data, declared:** the training corpus is Gutenberg plays plus synthetic pass-key documents "
-        f"(Gutenberg prose with the sentence \"{NEEDLE.replace('{key}', '48213')}\" inside and "
-        f"\"Question: {QUESTION} Answer: {lead_in()} 48213.\" at the end): **{facts['passkey_share']:.1%} of the "
-        f"extension tokens** (and {cfg.base.passkey_fraction:.0%} of the base model's sequences). A model of one "
-        "million parameters does not learn retrieval from prose alone in this budget. The NIAH haystack (Paul "
-        "Graham essays) and the perplexity text (The Tempest) were never trained on."), "",
-        "| model | NIAH <= L | NIAH (L, 16L] | " + " | ".join(str(n) for n in lengths)
-        + f" | ppl at <= {window} | ppl at {target} |",
-        "|---|---|---|" + "---|" * len(lengths) + "---|---|",
-    ]
+    recipe = (
+        f"A 4-layer Llama (1.0M parameters) that longreach pretrained at a {window}-token window gets the "
+        f"ChatQA 2 treatment on a small scale: the RoPE base goes from {facts['old_base']:.3g} to "
+        f"{facts['new_base']:.3g} (`rope.recommended_base` for {target} tokens at its head dimension), then "
+        f"{e.steps} steps of continued pretraining on {facts['sequences']} sequences of {target} tokens "
+        f"({facts['tokens_per_step']:,} tokens per step, lr {e.lr:g}) made by `longreach data prepare`, "
+        f"documents joined by a plain-text `{SEP}`.")
+    synthetic = (
+        "**Synthetic data, declared.** Besides Gutenberg plays, the training data holds synthetic pass-key "
+        f"documents: Gutenberg prose with the sentence \"{NEEDLE.replace('{key}', '48213')}\" at a random "
+        f"depth and, at the end, \"Question: {QUESTION} / Answer: {lead_in()} 48213.\" (the NIAH prompt's "
+        f"own words). They are **{facts['passkey_share']:.1%} of the extension tokens** (one whole document "
+        f"per sequence, never split across two) and {cfg.base.passkey_fraction:.0%} of the base model's "
+        "sequences: a model of one million parameters does not learn retrieval from prose alone in this "
+        "budget. The NIAH haystack (Paul Graham essays) and the perplexity text (The Tempest, held out) were "
+        "never trained on.")
+    method = (
+        f"NIAH: prompt lengths in tokens (the answer fits the window too), greedy answer, "
+        f"{cfg.key_digits}-digit keys, depths {', '.join(f'{d:g}' for d in cfg.eval.niah_depths)}%, "
+        f"{cfg.eval.niah_trials} keys per cell. Perplexity: {cfg.eval.ppl_sequences} windows of {target} "
+        f"tokens, {cfg.eval.ppl_buckets} position buckets.")
+    timing = (f"data {t['data']:.0f} s, training {t['train']:.0f} s, evaluation {t['eval']:.0f} s, "
+              f"total {t['total']:.0f} s.")
+    lines = [f"# longreach demo: a {window}-token model extended to {target} tokens", "", recipe, "",
+             synthetic, "", "| model | NIAH <= L | NIAH (L, 16L] | " + " | ".join(str(n) for n in lengths)
+             + f" | ppl, positions < {window} | ppl, last positions |",
+             "|---|---|---|" + "---|" * len(lengths) + "---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {f(r['niah_inside'])} | **{f(r['niah_beyond'])}** | "
                      + " | ".join(f(v) for v in r["niah_per_length"].values())
                      + f" | {f(r['ppl_inside'], '.1f')} | {f(r['ppl_last'], '.1f')} |")
-    lines += [
-        "", (f"NIAH: greedy answer, pass key of {cfg.key_digits} digits, depths {list(cfg.eval.niah_depths)}, "
-        f"{cfg.eval.niah_trials} keys per cell; ppl: {cfg.eval.ppl_sequences} windows of {target} tokens."), "",
-        "## Needle in a haystack", "",
-        *[f"![{name}](niah-{name}.png)" for name in niah_res], "",
-        "## Perplexity by position", "", "![perplexity](ppl.png)", "",
-        "## Time", "",
-        f"data {t['data']:.0f}s, training {t['train']:.0f}s, evaluation {t['eval']:.0f}s, total {t['total']:.0f}s.",
-        "", "## Reproduce", "",
-        "    longreach demo --out runs/demo                 # this report (config.yaml holds every setting)",
-        "    longreach demo --stage base --out runs/base    # the base model (then copy runs/base/base into",
-        "                                                   # src/longreach/demo_assets/base)", "",
-    ]
-    (out / "report.md").write_text("\n".join(lines))
-    table = [f"{'model':<12} {'NIAH<=L':>8} {'NIAH>L':>8} {'ppl<=L':>8} {'ppl@end':>8}"]
-    table += [f"{r['model']:<12} {f(r['niah_inside']):>8} {f(r['niah_beyond']):>8} {f(r['ppl_inside'], '.1f'):>8} "
-              f"{f(r['ppl_last'], '.1f'):>8}" for r in rows]
-    print("\n".join(table), file=sys.stderr)
-    _log(f"report: {out / 'report.md'} ({t['total']:.0f}s)")
-    return summary
+    return lines + [
+        "", method, "", "## Needle in a haystack", "",
+        *[f"![{r['model']}](niah-{r['model']}.png)" for r in rows],
+        "", "## Perplexity by position", "", "![perplexity](ppl.png)", "", "## Time", "", timing, "",
+        "## Reproduce", "",
+        "    longreach demo --out runs/demo                  # this report; config.yaml holds every setting",
+        "    longreach demo --stage base --out runs/base     # the base model; then copy runs/base/base to",
+        "                                                    # src/longreach/demo_assets/base", ""]
 
 
 def run(cfg: DemoConfig) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """`longreach demo`: the embedded CPU demo (tiny Llama, 128 -> 2,048 tokens) behind `make demo`.
 
-Run: longreach demo --out runs/demo                      # extend the committed base, evaluate, write report.md
+Run: longreach demo --out runs/demo                    # extend the committed base, evaluate, report.md
      longreach demo --config configs/demo-cpu.yaml --set extend.steps=20
-     longreach demo --stage base --out runs/demo-base    # re-make the base model (GPU: minutes; CPU: ~30 min)
+     longreach demo --stage base --out runs/demo-base  # re-make the base model (one GPU: minutes)
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from longreach.cli.apps import app
 
 @app.command("demo")
 def demo(
-    config: Annotated[str | None, typer.Option("--config", "-c", help="YAML file overriding DemoConfig")] = None,
+    config: Annotated[str | None, typer.Option("--config", "-c", help="YAML file overriding DemoConfig")
+                      ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a field: --set extend.steps=20 "
                                                    "(repeatable)")] = None,
     out: Annotated[str | None, typer.Option(help="output folder (report.md, PNGs, models, data)")] = None,

@@ -49,8 +49,9 @@ def niah_heatmap(results: dict[str, Any], path: str | Path) -> None:
                     ax.text(j, i, f"{grid[i, j]:.2g}", ha="center", va="center", fontsize=8)
     ax.set_xlabel("Context length (tokens)")
     ax.set_ylabel("Needle depth (%)")
-    ax.set_title(f"Needle in a haystack: {Path(str(results.get('model', ''))).name}  "
-                 f"(mean {results.get('mean', float('nan')):.2f})", fontsize=10)
+    ax.set_title(f"Needle in a haystack: {Path(str(results.get('model', ''))).name}\n"
+                 f"{results.get('mode', 'generate')}, mean score {results.get('mean', float('nan')):.2f}",
+                 fontsize=9)
     fig.colorbar(im, ax=ax, label="score")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -24,8 +24,8 @@ from longreach.train.loop import train
 
 
 def _cfg(model, data, out, **kw) -> TrainConfig:
-    base = dict(model=str(model), data=str(data), out=str(out), max_steps=6, micro_batch=2, lr=3e-3,
-                warmup_steps=2, save_every=100, progress=False)
+    base = {"model": str(model), "data": str(data), "out": str(out), "max_steps": 6, "micro_batch": 2, "lr": 3e-3,
+                "warmup_steps": 2, "save_every": 100, "progress": False}
     base.update(kw)
     return TrainConfig(**base)
 
@@ -81,9 +81,10 @@ def test_loss_mask_counts_only_unmasked_targets(tiny_model, tmp_path):
 
 def test_document_mask_packed_equals_documents_alone(tiny_model, tmp_path):
     """Two 16-token documents packed with the document mask give the loss of each document alone."""
+    from transformers import AutoModelForCausalLM
+
     from longreach.train.loop import CausalLMLoss, document_positions
     from longreach.train.loss import IGNORE, shift_labels
-    from transformers import AutoModelForCausalLM
 
     lm = AutoModelForCausalLM.from_pretrained(tiny_model, attn_implementation="sdpa")
     model = CausalLMLoss(lm, chunk_tokens=8)
@@ -116,7 +117,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoints(tmp_path, pattern
 def test_killed_run_resumes_to_same_losses(tiny_model, tmp_path):
     """SIGKILL at an arbitrary moment, then the same command again: the loss curve equals an uninterrupted run."""
     data = write_pattern_shards(tmp_path / "shards", n_seq=32, seq_len=64)
-    cfg = dict(max_steps=16, save_every=3, micro_batch=4)
+    cfg = {"max_steps": 16, "save_every": 3, "micro_batch": 4}
     train(_cfg(tiny_model, data, tmp_path / "full", **cfg))
     run = tmp_path / "killed"
     args = [sys.executable, "-m", "longreach.cli", "train", "--model", str(tiny_model), "--data", str(data),

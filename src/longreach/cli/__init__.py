@@ -2,11 +2,10 @@
 
 import sys
 
+# Importing a module registers its commands on the apps.
+from longreach.cli import bench, data, demo, evaluate, model, rag, report, score, serve, sft, train  # noqa: F401
 from longreach.cli.apps import app
 from longreach.errors import InputError
-
-# Importing a module registers its commands on the apps.
-from longreach.cli import data, model, train, evaluate, score, rag, sft, serve, report, demo, bench  # noqa: E402,F401
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ Run:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
@@ -25,7 +26,6 @@ from longreach.errors import InputError, TrainingDiverged
 from longreach.train import attention, checkpoint, context_parallel, parallel
 from longreach.train.config import TrainConfig
 from longreach.train.loss import IGNORE, chunked_cross_entropy, shift_labels
-
 
 # ----------------------------------------------------------------------------- model
 
@@ -168,7 +168,7 @@ def document_positions(seq_len: int, doc_starts: list[np.ndarray], dense_mask: b
     doc = torch.zeros(len(doc_starts), seq_len, dtype=torch.long)
     for r, starts in enumerate(doc_starts):
         bounds = sorted({0, *[int(s) for s in starts if 0 <= s < seq_len]}) + [seq_len]
-        for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        for j, (a, b) in enumerate(itertools.pairwise(bounds)):
             pos[r, a:b] = torch.arange(b - a)
             doc[r, a:b] = j
     if not dense_mask:
@@ -336,8 +336,11 @@ def _tokenizer_hash(tok) -> str | None:
 
 def _save(out: Path, step: int, model, tok, opt, batches: Batches, meta: dict, cfg: TrainConfig,
           d: parallel.Dist) -> None:
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     model_state = {k.removeprefix("lm."): v for k, v in get_model_state_dict(model, options=opts).items()}
     optim_state = get_optimizer_state_dict(model, opt, options=opts)

@@ -31,6 +31,10 @@ def test_report_gathers_every_result(tmp_path):
     (run / "scores" / "more.jsonl").write_text(
         json.dumps({"benchmark": "infinitebench", "task": "en_dia", "n": 5, "score": 20.0}) + "\n"
         + json.dumps({"benchmark": "longbench", "task": "qasper", "n": 3, "score": 30.0}) + "\n")
+    (run / "ruler").mkdir()  # a runner's results.json: a list, RULER entries per length
+    (run / "ruler" / "results.json").write_text(json.dumps([
+        {"benchmark": "ruler", "task": "niah_single_1", "length": 4096, "n": 2, "score": 100.0},
+        {"benchmark": "ruler", "task": "niah_single_1", "length": 8192, "n": 2, "score": 50.0}]))
     (run / "broken.json").write_text("{oops")
     (run / "config.json").write_text(json.dumps({"lr": 1e-4}))  # not a result: ignored
 
@@ -45,6 +49,7 @@ def test_report_gathers_every_result(tmp_path):
     assert "| infinitebench | en_qa | 10 | 12.50 | 43.51 | 48.22 | 19.29 | 38.49 |" in md  # beside the paper
     assert "| InfiniteBench >100K (En.Sum, En.QA, En.MC, En.Dia) | 20.62 | 35.59 |" in md  # all 4 present
     assert "1/6 tasks" in md  # the 32K suite is incomplete: no average
+    assert "| ruler | niah_single_1 @ 8192 | 2 | 50.00 |" in md
     assert "broken.json" in md and "lr" not in md
     for png in ("niah_niah_base_results.png", "ppl_ppl_results.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG" and f'src="{png}"' in html

@@ -117,7 +117,8 @@ def blocks(run_dir: Path, out: Path) -> list[Block]:
         for rel, s in found["scores"]:
             key = (str(s["benchmark"]).lower(), str(s["task"]).lower())
             have[key] = float(s["score"])
-            rows.append([s["benchmark"], s["task"], _fmt(s.get("n")), _fmt(float(s["score"]))]
+            task_name = f"{s['task']} @ {s['length']}" if s.get("length") else s["task"]  # RULER: per length
+            rows.append([s["benchmark"], task_name, _fmt(s.get("n")), _fmt(float(s["score"]))]
                         + [_fmt(x) for x in PAPER.get(key, [None] * len(PAPER_MODELS))] + [rel])
         page.append(("table", ["benchmark", "task", "n", "score"] + PAPER_MODELS + ["file"], rows))
         suite_rows = []

@@ -59,15 +59,23 @@ def niah_heatmap(results: dict[str, Any], path: str | Path) -> None:
 
 
 def ppl_curves(results: dict[str, Any], path: str | Path) -> None:
-    """Perplexity per position bucket, one line per model (log scale: a broken window spans decades)."""
+    """Perplexity per position bucket, one line per model (log scale when the values span a decade, as past a
+    broken window); a dotted line marks a model's window when the sequences go past it."""
+    from matplotlib.ticker import ScalarFormatter
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.0))
     for m in results["models"]:
         xs = [(b["start"] + b["end"]) / 2 for b in m["curve"]]
-        ax.plot(xs, [b["ppl"] for b in m["curve"]], marker="o", label=f"{m['model']} ({m['ppl']:.1f})")
+        line, = ax.plot(xs, [b["ppl"] for b in m["curve"]], marker="o", label=f"{m['model']} ({m['ppl']:.1f})")
+        if m.get("window") and m["window"] < results["length"]:  # where the model's trained window ends
+            ax.axvline(m["window"], color=line.get_color(), linestyle=":", alpha=0.7)
     ax.set_xlabel("Position in sequence (tokens)")
     ax.set_ylabel("Perplexity")
-    ax.set_yscale("log")
+    values = [b["ppl"] for m in results["models"] for b in m["curve"]]
+    if max(values) > 10 * min(values):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.set_title(f"Perplexity by position, sequences of {short_tokens(results['length'])} tokens", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -111,7 +111,8 @@ def run(cfg: PplConfig, backends: list[Any] | None = None) -> dict[str, Any]:
         curve = bucket_losses(losses, cfg.length, cfg.buckets)
         loss = sum(float(x.double().mean()) for x in losses) / len(losses)
         models.append({"model": name, "path": cfg.models[i] if cfg.models else name, "loss": loss,
-                       "ppl": math.exp(loss), "sequences": len(seqs), "curve": curve})
+                       "ppl": math.exp(loss), "sequences": len(seqs), "window": backend.max_length,
+                       "curve": curve})
         del backend
     results = {"text": cfg.text, "length": cfg.length, "buckets": cfg.buckets, "models": models}
     out = Path(cfg.out)

@@ -134,3 +134,17 @@ def test_record_files_in_a_folder_are_sources(tmp_path):
     (tmp_path / "sub").mkdir()
     write_jsonl(tmp_path / "sub" / "part-1.jsonl", [{"text": "s"}])
     assert [(d.text, d.source) for d in iter_documents(tmp_path)] == [("b", "books"), ("s", "sub"), ("w", "web")]
+
+
+def test_symlinked_corpus_folders_are_followed_once(tmp_path):
+    real = tmp_path / "elsewhere" / "manuals"
+    (real / "sub").mkdir(parents=True)
+    (real / "a.txt").write_text("alpha")
+    (real / "sub" / "b.md").write_text("beta")
+    (real / "sub" / "loop").symlink_to(real, target_is_directory=True)  # a cycle must not repeat files
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "manuals").symlink_to(real, target_is_directory=True)
+    (corpus / "notes.txt").write_text("gamma")
+    docs = list(iter_documents(corpus))
+    assert [(d.source, d.text) for d in docs] == [("manuals", "alpha"), ("manuals", "beta"), ("corpus", "gamma")]

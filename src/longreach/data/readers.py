@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ def iter_documents(path: str | Path, text_field: str = "text", on_error: str = "
     path = Path(path)
     if path.is_dir():
         top = path.resolve().name
-        files = sorted((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.relative_to(path).parts)
+        files = sorted(_walk_files(path), key=lambda p: p.relative_to(path).parts)
         for file in files:
             rel = file.relative_to(path)
             if any(part.startswith(".") for part in rel.parts):
@@ -85,6 +86,21 @@ def iter_documents(path: str | Path, text_field: str = "text", on_error: str = "
         yield from _iter_file(path, path.stem, text_field, source_field, problems)
     else:
         raise InputError("no such file or folder", path=str(path))
+
+
+def _walk_files(root: Path) -> Iterator[Path]:
+    """Files below `root`, following symlinked folders (a corpus assembled from links) but never a cycle."""
+    seen: set[tuple[int, int]] = set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:
+            subfolders[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        for name in names:
+            file = Path(folder) / name
+            if file.is_file():
+                yield file
 
 
 def _iter_file(path: Path, source: str, text_field: str, source_field: str | None,

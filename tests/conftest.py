@@ -14,6 +14,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tiny models: on a shared, oversubscribed CPU, OpenMP threads spin-waiting for
+    each other made these steps ~7x slower. Modules opt in with pytestmark = usefixtures("one_thread")."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def write_tiny_llama(path: Path, vocab: int = 64, hidden: int = 64, layers: int = 2, seed: int = 0,
                      weights: bool = True, max_position: int = 256) -> Path:
     """A 2-layer Llama (hidden 64) saved as a Hugging Face folder."""

@@ -26,8 +26,9 @@ def _lm(layers: int = 3):
 
 def _loss_and_grads(lm, batch):
     model = CausalLMLoss(lm, chunk_tokens=16)
-    n = torch.tensor(float((batch["labels"] != -100).sum()))
-    loss = forward_backward(model, [batch], n, nullcontext, parallel.Dist()) / n
+    device = next(lm.parameters()).device  # the batch goes where the model is (Dist() alone means CPU)
+    n = torch.tensor(float((batch["labels"] != -100).sum()), device=device)
+    loss = forward_backward(model, [batch], n, nullcontext, parallel.Dist(device=device)) / n
     return float(loss), {k: p.grad.clone() for k, p in lm.named_parameters()}
 
 

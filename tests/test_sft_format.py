@@ -16,14 +16,7 @@ from longreach.sft.format import encode, encode_fitted, prompt_for
 INSTR = "Answer the following question with a short span."
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread for tiny models: on a shared, oversubscribed CPU, OpenMP threads spin-waiting for
-    each other made these steps ~7x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,7 @@ import torch
 from longreach.sft.format import Encoded
 from longreach.sft.pack import PackStats, pack, write_shards
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread for tiny models: on a shared, oversubscribed CPU, OpenMP threads spin-waiting for
-    each other made these steps ~7x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _samples(n=30, seed=0):

@@ -22,14 +22,7 @@ STAGE2 = {"drop": 0.069, "narrativeqa": 0.095, "quoref": 0.026, "ropes": 0.026, 
           "synthetic_convqa": 0.3, "sft": 0.2}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread for tiny models: on a shared, oversubscribed CPU, OpenMP threads spin-waiting for
-    each other made these steps ~7x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ def test_needle_sits_after_the_period_before_depth_percent_of_the_context_tokens
     for n in (300, 800):
         plain = tok.decode(hay.ids[:n])
         for depth in (10.0, 25.0, 50.0, 75.0, 90.0):
-            text = hay.context(n, niah.DEFAULT_NEEDLE, depth)
+            text = hay.context(n, [(niah.DEFAULT_NEEDLE, depth)])
             at = text.index(needle)
             assert text[:at] + text[at + len(needle):] == plain  # nothing lost, nothing added
             target = len(tok.decode(hay.ids[:int(n * depth / 100)]))
@@ -53,7 +53,7 @@ def test_needle_sits_after_the_period_before_depth_percent_of_the_context_tokens
             assert 100 * tokens_before / n <= depth + 1
             if n == 800 and depth >= 50:  # past the first sentences: moved back by one sentence at most
                 assert 100 * tokens_before / n >= depth - 20
-    assert hay.context(300, "N.", 0).startswith("\nN.\n") and hay.context(300, "N.", 100).endswith("\nN.\n")
+    assert hay.context(300, [("N.", 0)]).startswith("\nN.\n") and hay.context(300, [("N.", 100)]).endswith("\nN.\n")
 
 
 def test_insert_needle_moves_back_to_the_preceding_period():
@@ -100,8 +100,10 @@ def test_run_writes_results_heatmap_and_records(tmp_path, essays):
 
 
 def test_logprob_mode_with_pass_keys(tmp_path, essays):
-    cfg = niah.NiahConfig(model="tiny", needle="The pass key is {key}. Remember it.", question="What is the pass key?",
-                          answer="{key}", lengths=[180], depths=[0, 100], trials=2, mode="logprob", chat=False,
+    cfg = niah.NiahConfig(model="tiny", needle="The pass key of the red door is {key}. Remember it.",
+                          question="What is the pass key of the red door?", answer="{key}", subject="red door",
+                          distractor_subjects=["blue door", "green door", "old gate", "back door", "side gate"],
+                          lengths=[400], depths=[0, 100], trials=2, mode="logprob", chat=False,
                           out=str(tmp_path / "k"), haystack=essays)
     res = niah.run(cfg, backend=tiny_backend())
     recs = [json.loads(x) for x in (tmp_path / "k" / "predictions.jsonl").read_text().splitlines()]
@@ -114,10 +116,43 @@ def test_logprob_mode_with_pass_keys(tmp_path, essays):
                                                   (recs[2]["score"] + recs[3]["score"]) / 2]
     # The prompt ends with the needle's lead-in; each choice continues it after a space.
     ex = niah.cell_examples(cfg)[0]
-    hay = niah.Haystack(tiny_backend(), niah.read_haystack(essays), 180, chat=False)
-    prompt = hay.build(180, 0, ex["needle"], ex["question"], niah.lead_in(ex["needle"], ex["answer"]))
-    assert prompt.endswith("Question: What is the pass key?\nAnswer: The pass key is")
+    hay = niah.Haystack(tiny_backend(), niah.read_haystack(essays), 400, chat=False)
+    prompt = hay.build(400, 0, ex["needle"], ex["question"], niah.lead_in(ex["needle"], ex["answer"]))
+    assert prompt.endswith("Question: What is the pass key of the red door?\nAnswer: The pass key of the red door is")
     assert niah.continuation(prompt, "123") == " 123" and niah.continuation("x\n", "123") == "123"
+
+
+def test_logprob_distractors_are_needles_in_the_context(tmp_path):
+    """Every wrong answer sits in the prompt as a needle about another subject; only the subject tells them
+    apart, so a model that merely notices which words occur in the context is at chance."""
+    cfg = niah.NiahConfig(model="tiny", mode="logprob", lengths=[400], depths=[30.0], chat=False, out=str(tmp_path))
+    ex = niah.cell_examples(cfg)[0]
+    assert [n for n, _ in ex["distractor_needles"]] == [
+        f"The best thing to do in {c} is {d}." for c, d in zip(niah.DEFAULT_DISTRACTOR_SUBJECTS, ex["distractors"])]
+    assert all(abs(at - 30.0) >= 5 for _, at in ex["distractor_needles"])
+    assert niah.cell_examples(cfg) == [ex]  # seeded: a resumed run builds the same prompt
+    hay = haystack()
+    prompt = hay.build(400, 30.0, ex["needle"], ex["question"], niah.lead_in(ex["needle"], ex["answer"]),
+                       [tuple(x) for x in ex["distractor_needles"]])
+    assert tiny_backend().count_tokens(prompt) == 400
+    for needle in [ex["needle"], *(n for n, _ in ex["distractor_needles"])]:
+        assert prompt.count("\n" + needle + "\n") == 1
+    # Depth order holds: the needle at 30% comes after every distractor placed below 25%.
+    for n, at in ex["distractor_needles"]:
+        assert (prompt.index(n) < prompt.index(ex["needle"])) == (at < 30.0)
+
+
+def test_logprob_distractor_needles_need_a_subject(tmp_path):
+    base = {"model": "tiny", "mode": "logprob", "lengths": [150], "depths": [50], "out": str(tmp_path), "chat": False}
+    passkey = {"needle": "The pass key is {key}.", "question": "What is the pass key?", "answer": "{key}"}
+    with pytest.raises(InputError, match="subject"):
+        niah.run(niah.NiahConfig(**base, **passkey), backend=tiny_backend())
+    with pytest.raises(InputError, match="distractor subjects"):
+        niah.run(niah.NiahConfig(**base, distractor_subjects=["Paris", "Paris", "Rome", "Oslo", "Bern"]),
+                 backend=tiny_backend())
+    # The lenient form stays available when asked for by name.
+    res = niah.run(niah.NiahConfig(**base, **passkey, distractors_in_context=False), backend=tiny_backend())
+    assert res["distractors_in_context"] is False and len(res["cells"]) == 1
 
 
 def test_logprob_custom_text_needle_needs_distractors(tmp_path):

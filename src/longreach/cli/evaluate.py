@@ -39,6 +39,12 @@ def niah(
     served_model: str | None = typer.Option(None, help="model id on the server (default: its first)"),
     trials: int = typer.Option(1, help="prompts per cell (random pass keys differ per trial)"),
     distractor: Annotated[list[str] | None, typer.Option(help="logprob mode: a wrong answer (repeatable)")] = None,
+    subject: str | None = typer.Option(None, help="logprob: words of needle and question naming what is asked"),
+    distractor_subject: Annotated[list[str] | None, typer.Option(
+        help="logprob: the subject of each distractor's own needle in the context (repeatable)")] = None,
+    distractors_in_context: bool = typer.Option(
+        True, "--distractors-in-context/--no-distractors-in-context",
+        help="logprob: each distractor is also a needle in the context (off: lenient, see docs)"),
     key_digits: int = typer.Option(5, help="digits of random pass keys"),
     max_new_tokens: int = typer.Option(64, help="generation budget per answer"),
     batch_size: int = typer.Option(4, help="prompts per backend call"),
@@ -51,12 +57,15 @@ def niah(
     cfg = NiahConfig(model=model, haystack=haystack, lengths=_numbers(lengths, int, "lengths"),
                      depths=_numbers(depths, float, "depths"), out=out, mode=mode, chat=chat, base_url=base_url,
                      served_model=served_model, trials=trials, key_digits=key_digits,
-                     max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, resume=resume)
-    for name, value in (("needle", needle), ("question", question), ("answer", answer)):
+                     max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, resume=resume,
+                     distractors_in_context=distractors_in_context)
+    for name, value in (("needle", needle), ("question", question), ("answer", answer), ("subject", subject)):
         if value is not None:
             setattr(cfg, name, value)
     if distractor:
         cfg.distractors = list(distractor)
+    if distractor_subject:
+        cfg.distractor_subjects = list(distractor_subject)
     results = run(cfg)
     print(json.dumps({k: results[k] for k in ("model", "mean", "cells", "mode", "chat", "seconds")}))
 

@@ -19,6 +19,15 @@ Scoring (written down because the acceptance numbers depend on it):
   default needle "The best thing to do in San Francisco is"); 1 if the answer's summed log-prob beats every
   distractor, else 0. The record also keeps p_answer, the answer's softmax probability among the choices.
   A pass-key answer gets `distractors_digits` random keys of the same length as distractors.
+  Every distractor is ALSO in the context, as its own needle about another subject ("The best thing to do in
+  Paris is walk along the Seine ..."), at a seeded random depth (multi-key NIAH, as in RULER). Without that, a
+  model that only notices which words occur somewhere in the context wins: on an H100 (2026-11-25) SmolLM2-135M
+  scored 1.0 at 16K-24K, twice its window, and its RoPE-base-changed copy 1.0 at 1K-32K, while both generated
+  nothing right there (docs/LOG.md). With the distractors in the context, a model has to bind the answer to
+  the asked subject: chance is 1 / (1 + distractors). Position biases remain (on CPU the base-changed copy
+  still scored at depths 0, 75 and 100 of 2K-4K: 0.6 against 1.0 before the change), so generation stays the
+  primary score and log-prob a diagnostic. `distractors_in_context: false` gives the lenient form back (for
+  comparison only).
 
 Prompt: chat models get one user turn, "{context}\n\n{question}", in their chat template with its own default
 system prompt. (gkamradt adds a system line and "Don't give information outside the document or repeat your
@@ -49,13 +58,16 @@ from longreach.eval.backends import BackendError, open_backend, render
 DEFAULT_NEEDLE = "The best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day."
 DEFAULT_QUESTION = "What is the best thing to do in San Francisco?"
 DEFAULT_ANSWER = "eat a sandwich and sit in Dolores Park on a sunny day"
-# Other San Francisco plans of about the answer's length: what the answer must beat in logprob mode.
+DEFAULT_SUBJECT = "San Francisco"  # what the question asks about; distractor needles name other subjects
+# logprob mode: plans for other cities, of about the answer's length; each is a needle in the context too
+# ("The best thing to do in Paris is ..."), and a wrong answer the right one must beat.
+DEFAULT_DISTRACTOR_SUBJECTS = ["Paris", "Tokyo", "Chicago", "Rome", "Sydney"]
 DEFAULT_DISTRACTORS = [
-    "ride a cable car up Nob Hill and watch the boats on the bay",
-    "walk across the Golden Gate Bridge and eat clam chowder at the pier",
-    "take a ferry to Alcatraz and walk along the water in the evening",
-    "hike up Twin Peaks and watch the fog roll over the city at dusk",
-    "drink coffee in the Mission and browse the bookstores on Valencia Street",
+    "walk along the Seine and eat a croissant in a small cafe at noon",
+    "ride the train to Shibuya and eat ramen at a counter late at night",
+    "walk along the lake shore and eat deep dish pizza in the evening",
+    "climb the Spanish Steps and eat gelato in a quiet square at dusk",
+    "take a ferry across the harbour and swim at Bondi Beach in the morning",
 ]
 STOPWORDS = {"a", "an", "the", "and", "or", "in", "on", "at", "to", "of", "is", "are", "be", "it", "for", "with",
              "by", "as", "from"}
@@ -79,6 +91,9 @@ class NiahConfig:
     max_new_tokens: int = 64  # room for a short sentence that restates the answer
     distractors: list[str] = field(default_factory=lambda: list(DEFAULT_DISTRACTORS))  # logprob, text answers
     distractors_digits: int = 5  # logprob, pass keys: this many random keys compete with the answer
+    distractors_in_context: bool = True  # logprob: each distractor is a needle of its own in the context
+    subject: str = DEFAULT_SUBJECT  # in the needle and the question; distractor needles swap it out
+    distractor_subjects: list[str] = field(default_factory=lambda: list(DEFAULT_DISTRACTOR_SUBJECTS))
     key_digits: int = 5  # length of random pass keys
     seed: int = 0  # pass keys come from (seed, length, depth, trial)
     batch_size: int = 4  # prompts per backend call (long prompts are still prefilled one at a time)
@@ -140,14 +155,36 @@ def lead_in(needle: str, answer: str) -> str:
     return needle[:at].strip() if at > 0 else ""
 
 
-def insert_needle(context: str, needle: str, depth: float, char_at: int) -> str:
-    """Put the needle after the last period at or before `char_at` (the start if none); depth 100: the end."""
+def needle_position(context: str, depth: float, char_at: int) -> int:
+    """After the last period at or before `char_at` (the start if none); depth 100: the end."""
     if depth >= 100:
-        at = len(context)
-    else:
-        period = context.rfind(".", 0, char_at)
-        at = period + 1 if period >= 0 else 0
-    return context[:at] + "\n" + needle + "\n" + context[at:]
+        return len(context)
+    period = context.rfind(".", 0, char_at)
+    return period + 1 if period >= 0 else 0
+
+
+def insert_needle(context: str, needle: str, depth: float, char_at: int) -> str:
+    """Put the needle on its own line at `needle_position`."""
+    return insert_needles(context, [(needle_position(context, depth, char_at), 0, needle)])
+
+
+def insert_needles(context: str, placed: list[tuple[int, int, str]]) -> str:
+    """Insert (char position, order, needle) triples; needles at one position keep their order."""
+    out, last = [], 0
+    for at, _, needle in sorted(placed):
+        out += [context[last:at], "\n" + needle + "\n"]
+        last = at
+    return "".join(out) + context[last:]
+
+
+def distractor_depths(n: int, depth: float, rng: random.Random, gap: float = 5.0) -> list[float]:
+    """n seeded depths in 0..100 at least `gap` points from the needle's (fewer apart when n is large)."""
+    out: list[float] = []
+    while len(out) < n:
+        d = round(rng.uniform(0, 100), 1)
+        if abs(d - depth) >= gap or n > 100 / (2 * gap):
+            out.append(d)
+    return out
 
 
 class Haystack:
@@ -169,18 +206,25 @@ class Haystack:
         lead = f"Question: {question}\nAnswer:" if question else ""
         return context + "\n\n" + " ".join(x for x in (lead, prefix or "") if x)
 
-    def context(self, n_tokens: int, needle: str, depth: float, skip: int = 0) -> str:
-        """Haystack tokens [skip, skip + n_tokens) as text with the needle inside."""
+    def context(self, n_tokens: int, needles: list[tuple[str, float]], skip: int = 0) -> str:
+        """Haystack tokens [skip, skip + n_tokens) as text with each (needle, depth) inside; the first
+        needle comes first where two fall at one position."""
         ctx_ids = self.ids[skip:skip + n_tokens]
         text = self.tok.decode(ctx_ids)
-        char_at = min(len(text), len(self.tok.decode(ctx_ids[:int(n_tokens * depth / 100)])))
-        return insert_needle(text, needle, depth, char_at)
+        placed = []
+        for order, (needle, depth) in enumerate(needles):
+            char_at = min(len(text), len(self.tok.decode(ctx_ids[:int(n_tokens * depth / 100)])))
+            placed.append((needle_position(text, depth, char_at), order, needle))
+        return insert_needles(text, placed)
 
-    def build(self, length: int, depth: float, needle: str, question: str, prefix: str | None) -> Any:
+    def build(self, length: int, depth: float, needle: str, question: str, prefix: str | None,
+              others: list[tuple[str, float]] = ()) -> Any:
         """The prompt with the most haystack whose token count is `length` (or just under when the
-        tokenizer cannot hit it exactly)."""
+        tokenizer cannot hit it exactly); `others`: distractor (needle, depth) pairs."""
+        needles = [(needle, depth), *others]
+
         def make(n: int, skip: int = 0) -> tuple[int, Any]:
-            prompt = self.prompt(self.context(n, needle, depth, skip), question, prefix)
+            prompt = self.prompt(self.context(n, needles, skip), question, prefix)
             return self.backend.count_tokens(prompt), prompt
 
         n_ctx = length - make(0)[0]
@@ -246,8 +290,18 @@ def cell_examples(cfg: NiahConfig) -> list[dict[str, Any]]:
                         ex["distractors"] = sorted(others)
                     else:
                         ex["distractors"] = list(cfg.distractors)
+                    if cfg.distractors_in_context:
+                        ex["distractor_needles"] = [
+                            [distractor_needle(cfg, ex, d, subj), at] for d, subj, at in
+                            zip(ex["distractors"], cfg.distractor_subjects,
+                                distractor_depths(len(ex["distractors"]), float(depth), rng))]
                 out.append(ex)
     return out
+
+
+def distractor_needle(cfg: NiahConfig, ex: dict[str, Any], distractor: str, subject: str) -> str:
+    """The cell's needle about another subject, with the distractor in place of the answer."""
+    return ex["needle"].replace(ex["answer"], distractor).replace(cfg.subject, subject)
 
 
 def _check(cfg: NiahConfig) -> None:
@@ -269,6 +323,28 @@ def _check(cfg: NiahConfig) -> None:
     if cfg.mode == "logprob" and custom_text and cfg.distractors == DEFAULT_DISTRACTORS:
         raise InputError("logprob mode with a custom text needle needs its own --distractor answers",
                          field="distractors")
+    if cfg.mode == "logprob" and cfg.distractors_in_context:
+        _check_subjects(cfg)
+
+
+def _check_subjects(cfg: NiahConfig) -> None:
+    """Distractor needles must differ from the needle only in subject and answer, so the question can tell."""
+    digits = cfg.answer.replace("{key}", "1").isdigit()
+    n = cfg.distractors_digits if digits else len(cfg.distractors)
+    hint = ("give --subject (words of the needle and the question that name what is asked) and "
+            "--distractor-subject for each distractor, or --no-distractors-in-context (lenient: see "
+            "`longreach.eval.niah`)")
+    if not cfg.subject or cfg.subject not in cfg.needle or cfg.subject not in cfg.question:
+        raise InputError(f"logprob mode puts distractor needles in the context; the subject {cfg.subject!r} must "
+                         f"appear in both the needle and the question: {hint}", field="subject")
+    if cfg.subject in cfg.answer:
+        raise InputError(f"the subject {cfg.subject!r} must not be part of the answer", field="subject")
+    subjects = cfg.distractor_subjects
+    if len(subjects) < n or len(set(subjects[:n])) < n or cfg.subject in subjects[:n]:
+        raise InputError(f"need {n} distinct distractor subjects other than {cfg.subject!r}, got {subjects!r}: "
+                         f"{hint}", field="distractor_subjects")
+    if not digits and (cfg.answer in cfg.distractors or len(set(cfg.distractors)) < n):
+        raise InputError("distractors must be distinct and differ from the answer", field="distractors")
 
 
 def _check_resume(cfg: NiahConfig, out: Path) -> None:
@@ -309,7 +385,8 @@ def run(cfg: NiahConfig, backend: Any = None) -> dict[str, Any]:
         prefix = lead_in(ex["needle"], ex["answer"])
         if cfg.mode == "generate" and chat:
             prefix = None  # a chat model answers in its own words
-        return hay.build(ex["length"], ex["depth"], ex["needle"], ex["question"], prefix)
+        others = [(n, d) for n, d in ex.get("distractor_needles", [])]
+        return hay.build(ex["length"], ex["depth"], ex["needle"], ex["question"], prefix, others)
 
     def score(ex: dict[str, Any], pred: Any) -> dict[str, Any]:
         s = answer_score(pred, ex["answer"]) if cfg.mode == "generate" else None
@@ -333,6 +410,7 @@ def run(cfg: NiahConfig, backend: Any = None) -> dict[str, Any]:
             cells.append({"length": int(length), "depth": float(depth), "score": sum(got) / len(got)})
     results = {"model": cfg.model, "cells": cells, "mean": sum(c["score"] for c in cells) / len(cells),
                "mode": cfg.mode, "chat": chat, "trials": cfg.trials, "needle": cfg.needle,
+               "distractors_in_context": cfg.mode == "logprob" and cfg.distractors_in_context,
                "question": cfg.question, "answer": cfg.answer, "seconds": round(time.time() - start, 1)}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     niah_heatmap(results, out / "heatmap.png")

@@ -136,3 +136,34 @@ def test_killed_run_resumes_to_same_losses(tiny_model, tmp_path):
     assert checkpoint.latest(run) is not None and len(_losses(run)) < 16
     subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert _losses(run) == pytest.approx(_losses(tmp_path / "full"), abs=1e-6)
+
+
+def test_shards_of_another_tokenizer_are_refused(tmp_path):
+    """Shards prepared with one tokenizer and a model with another would train on garbage: a clear error."""
+    from longreach import assets
+    from longreach.data.config import PrepareConfig
+    from longreach.data.prepare import prepare
+    from longreach.errors import InputError
+    from test_eval_backends import tiny_tokenizer
+
+    model = Path(__file__).resolve().parents[1] / "src/longreach/demo_assets/base"  # 2,048-token vocabulary
+    essays = sorted(assets.paul_graham_essays().glob("*.txt"))[:2]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for f in essays:
+        (corpus / f.name).write_text(f.read_text())
+    tiny_tokenizer().save_pretrained(tmp_path / "tok400")
+    for tok, name in ((tmp_path / "tok400", "s400"), (model, "same"), (assets.llama3_tokenizer(), "llama3")):
+        prepare(PrepareConfig(inputs=[str(corpus)], tokenizer=str(tok), seq_len=64, out=str(tmp_path / name)))
+
+    def run(data):
+        return train(TrainConfig(model=str(model), data=str(tmp_path / data), out=str(tmp_path / f"run-{data}"),
+                                 max_steps=1, micro_batch=1, progress=False))
+
+    with pytest.raises(InputError, match="another tokenizer") as e:
+        run("s400")
+    assert "tokenizer" in str(e.value) and "s400" in str(e.value)
+    with pytest.raises(InputError, match="larger than the model's embedding"):
+        run("llama3")
+    assert run("same")["step"] == 1
+    assert not (tmp_path / "run-s400" / "checkpoints").exists()

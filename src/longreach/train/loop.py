@@ -216,6 +216,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     attention.register()  # makes "longreach_flex" a valid attn
     lm, tok = load_start(str(resume_from or cfg.model), cfg.attn, cfg.seed)
     lm.config._attn_implementation = cfg.attn
+    check_data_matches_model(batches.shards.manifest, lm, tok, cfg)
     start_meta = checkpoint.read_meta(resume_from or cfg.model)
     lm.config.use_cache = False
     parallel.configure_layers(lm, checkpointing=cfg.activation_checkpointing, compile=cfg.compile,
@@ -327,6 +328,25 @@ def _progress(cfg: TrainConfig, d: parallel.Dist, step: int):
     from tqdm import tqdm
     return tqdm(total=cfg.max_steps, initial=step, desc=f"train[{cfg.stage}]", file=sys.stderr,
                 dynamic_ncols=True)
+
+
+def check_data_matches_model(manifest: dict[str, Any], lm: Any, tok: Any, cfg: TrainConfig) -> None:
+    """Shards tokenized by another tokenizer train on garbage without any error: refuse them up front.
+
+    The check uses what the manifest records: the tokenizer hash (data prepare) and the vocabulary size (every
+    writer). Ids at or beyond the model's embedding rows would fail deep inside the forward pass instead."""
+    rows = lm.get_input_embeddings().num_embeddings
+    vocab = manifest.get("vocab_size")
+    if vocab is not None and vocab > rows:
+        raise InputError(f"the shards' vocabulary ({vocab} ids) is larger than the model's embedding ({rows} rows): "
+                         f"they were tokenized for another model", path=str(cfg.data), field="vocab_size")
+    want = (manifest.get("tokenizer") or {}).get("hash")
+    got = _tokenizer_hash(tok) if want and tok is not None else None
+    if want and got and want != got:
+        raise InputError(f"the shards were tokenized by another tokenizer (hash {want[:12]}, path "
+                         f"{manifest['tokenizer'].get('path')}) than the model's ({got[:12]}, {cfg.model}); "
+                         f"re-run `longreach data prepare --tokenizer {cfg.model}`", path=str(cfg.data),
+                         field="tokenizer")
 
 
 def _tokenizer_hash(tok) -> str | None:

@@ -12,10 +12,11 @@
 #   bash scripts/gpu/bench.sh longest     # 1 x H100: longest sequence per shape (and per 8B layer count)
 #   bash scripts/gpu/bench.sh two-gpu     # 2 x H100: FSDP2 at 32K, context parallel at 128K/256K, vs one GPU
 #   bash scripts/gpu/bench.sh two-gpu-8b  # 2 x H100: 8B shape on two GPUs, longest with context parallel
+#   bash scripts/gpu/bench.sh core        # 1 or 2 x H100: the headline rows of all of the above in one call
 # DRY=1 prints each invocation's jobs instead of running them (works on CPU).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-plan=${1:?usage: bench.sh fetch-wheels|smollm2|llama|longest|two-gpu|two-gpu-8b}
+plan=${1:?usage: bench.sh fetch-wheels|smollm2|llama|longest|two-gpu|two-gpu-8b|core}
 PY=${PY:-python3}
 
 if [ "$plan" = fetch-wheels ]; then
@@ -39,7 +40,7 @@ bench() { $PY benchmarks/train_throughput.py --append --out "$OUT/$plan.json" $d
 gpu_tests() {
   [ -n "${DRY:-}" ] && return 0
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv || true
-  timeout 60 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_parallel_layers.py 2>&1 | tail -4 || true
+  timeout 45 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_parallel_layers.py 2>&1 | tail -4 || true
 }
 
 case "$plan" in
@@ -78,6 +79,18 @@ case "$plan" in
       --budget-s 120
     bench --shapes llama3-8b --layers 4 --lengths 128k --layouts cp2 --variants "ours" --warmup 0 --steps 1 --longest \
       --longest-layouts cp2 --longest-growth 1.5 --longest-step 32k --budget-s 330
+    ;;
+  core)  # ~8.5 min on a 2-GPU machine (one-GPU rows use GPU 0): the headline rows of issues 3 and 8 in one call
+    gpu_tests
+    bench --shapes smollm2-135m --lengths 16k,32k,64k,128k --variants "ours:ac=attn;hf" --budget-s 130
+    bench --shapes smollm2-135m --lengths 32k --variants "ours:ac=off;ours:ac=attn,compile=1;ours:ac=attn,loss=liger" \
+      --budget-s 60
+    bench --shapes llama3.2-1b --lengths 32k,64k,128k --variants "ours:ac=attn;hf" --steps 2 --budget-s 100
+    bench --shapes llama3-8b --layers 4 --lengths 32k --variants "ours:ac=attn" --steps 2 --budget-s 40
+    if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ] || [ -n "${DRY:-}" ]; then
+      bench --shapes llama3.2-1b --lengths 32k --layouts "dp2" --variants "ours:ac=attn" --steps 2 --budget-s 40
+      bench --shapes llama3.2-1b --lengths 128k,256k --layouts "cp2" --variants "ours:ac=attn" --steps 2 --budget-s 100
+    fi
     ;;
   *) echo "unknown plan $plan" >&2; exit 2 ;;
 esac

@@ -177,6 +177,20 @@ def test_prepare_upsamples_per_source_and_counts_skips(tiny_tokenizer, tmp_path)
     assert m["sequences"] * 128 + m["tail_tokens_dropped"] == written + m["separator_tokens"]
 
 
+def test_an_input_without_documents_is_an_error(tiny_tokenizer, tmp_path):
+    rng = np.random.default_rng(4)
+    write_corpus(tmp_path / "c", rng, {"web": [60] * 10})
+    (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "figure.png").write_bytes(b"\x89PNG")
+    for bad in (tmp_path / "empty.jsonl", tmp_path / "notes"):
+        cfg = PrepareConfig(inputs=[str(tmp_path / "c"), str(bad)], tokenizer=str(tiny_tokenizer), seq_len=64,
+                            out=str(tmp_path / "out"))
+        with pytest.raises(InputError, match="holds no document") as e:
+            prepare(cfg)
+        assert e.value.path == str(bad) and not (tmp_path / "out").exists()
+
+
 def test_cli_prepare_and_inspect_with_llama3(tmp_path):
     from typer.testing import CliRunner
 

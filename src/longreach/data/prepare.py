@@ -19,6 +19,7 @@ import tempfile
 import time
 from array import array
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from longreach.data.config import PrepareConfig
 from longreach.data.pack import SEP_MODES, Packer, separator_ids
-from longreach.data.readers import ON_ERROR, iter_documents
+from longreach.data.readers import ON_ERROR, Document, iter_documents
 from longreach.data.shards import ShardWriter, token_dtype
 from longreach.data.tokenize import (
     load_tokenizer,
@@ -71,12 +72,23 @@ def check_config(cfg: PrepareConfig) -> None:
             raise InputError("no such file or folder", path=str(path))
 
 
+def _input_documents(cfg: PrepareConfig, path: str, skipped: Counter) -> Iterator[Document]:
+    """One input's documents; an input with none at all (not even a skipped record) is an error, not a
+    silently missing source."""
+    before = sum(skipped.values())
+    n = 0
+    for n, doc in enumerate(iter_documents(path, text_field=cfg.text_field, on_error=cfg.on_error, counter=skipped,
+                                           source_field=cfg.source_field), 1):
+        yield doc
+    if n == 0 and sum(skipped.values()) == before:
+        raise InputError("this input holds no document (.jsonl/.json, .parquet, .txt/.md/.rst with text)",
+                         path=str(path), field="inputs")
+
+
 def _tokenize_to_store(cfg: PrepareConfig, encoder: Any, store: Path, dtype: np.dtype,
                        skipped: Counter) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Pass 1: append every document's ids to `store`; return (lengths, source index, source names)."""
-    docs = itertools.chain.from_iterable(
-        iter_documents(p, text_field=cfg.text_field, on_error=cfg.on_error, counter=skipped,
-                       source_field=cfg.source_field) for p in cfg.inputs)
+    docs = itertools.chain.from_iterable(_input_documents(cfg, p, skipped) for p in cfg.inputs)
     lengths, sources = array("q"), array("i")
     names: dict[str, int] = {}
     start = last_log = time.perf_counter()

@@ -27,6 +27,9 @@ TEXT_SUFFIXES = (".txt", ".md", ".rst")
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
 ON_ERROR = ("raise", "skip")
+# A record with "special_tokens": true (chat data rendered by a chat template, `longreach data self-chat`) has
+# its special-token strings encoded as the tokenizer's special tokens; every other text reads them as text.
+SPECIAL_FIELD = "special_tokens"
 _LOGGED_PER_REASON = 5  # skipped records logged per reason; all of them are counted
 
 log = logging.getLogger("longreach.data")
@@ -37,6 +40,7 @@ class Document:
     text: str
     source: str  # domain name, used for per-source up-sampling
     doc_id: str  # "path:line" for records, the file path for text files
+    special: bool = False  # the record says "special_tokens": true: "<|im_start|>" etc. are special tokens
 
 
 class _Problems:
@@ -230,7 +234,11 @@ def _record_document(record: Any, path: Path, line: int, source: str, text_field
         return None
     if source_field:
         source = strings[source_field]
-    return Document(text=text, source=source, doc_id=f"{path}:{line}")
+    special = record.get(SPECIAL_FIELD, False)
+    if not isinstance(special, bool):
+        problems("not_a_bool", f"expected true or false, got {special!r}", path, line, SPECIAL_FIELD)
+        return None
+    return Document(text=text, source=source, doc_id=f"{path}:{line}", special=special)
 
 
 def iter_json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:

@@ -89,6 +89,26 @@ def plain_text_encoder(tok_or_json: Any) -> Any:
     return encoder
 
 
+def special_tokens_encoder(encoder: Any) -> Any:
+    """A copy of a `plain_text_encoder` that encodes special-token strings as the special tokens."""
+    from tokenizers import Tokenizer
+
+    special = Tokenizer.from_str(encoder.to_str())
+    special.encode_special_tokens = False
+    return special
+
+
+def encode_documents(encoder: Any, special: Any, docs: list[Document]) -> list[np.ndarray]:
+    """Token ids of each document: plain text by `encoder`, documents marked special by `special`."""
+    out: list[np.ndarray | None] = [None] * len(docs)
+    for enc, want in ((encoder, False), (special, True)):
+        at = [i for i, d in enumerate(docs) if d.special == want]
+        if at:
+            for i, ids in zip(at, encode_batch(enc, [docs[i].text for i in at])):
+                out[i] = ids
+    return out  # type: ignore[return-value]
+
+
 def encode_batch(encoder: Any, texts: list[str]) -> list[np.ndarray]:
     """Token ids (uint32) of each text, without special tokens."""
     encode = getattr(encoder, "encode_batch_fast", encoder.encode_batch)  # _fast skips offsets
@@ -108,18 +128,19 @@ def _batches(docs: Iterable[Document], batch_chars: int, batch_docs: int) -> Ite
         yield batch
 
 
-_worker_encoder = None
+_worker_encoders: tuple[Any, Any] | None = None
 
 
 def _worker_init(spec: str) -> None:
     # Each worker is one core: the Rust thread pool inside would only compete with the other workers.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    global _worker_encoder
-    _worker_encoder = plain_text_encoder(spec)
+    global _worker_encoders
+    plain = plain_text_encoder(spec)
+    _worker_encoders = (plain, special_tokens_encoder(plain))
 
 
-def _worker_encode(texts: list[str]) -> list[np.ndarray]:
-    return encode_batch(_worker_encoder, texts)
+def _worker_encode(docs: list[Document]) -> list[np.ndarray]:
+    return encode_documents(*_worker_encoders, docs)
 
 
 def tokenize_documents(docs: Iterable[Document], encoder: Any, workers: int = 1,
@@ -132,9 +153,10 @@ def tokenize_documents(docs: Iterable[Document], encoder: Any, workers: int = 1,
     """
     if workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}", field="workers")
+    special = special_tokens_encoder(encoder)
     if workers == 1:
         for batch in _batches(docs, batch_chars, batch_docs):
-            yield from zip(batch, encode_batch(encoder, [d.text for d in batch]))
+            yield from zip(batch, encode_documents(encoder, special, batch))
         return
     # Smaller batches for processes, so that long documents still spread over all of them.
     batches = _batches(docs, max(MIN_WORKER_BATCH_CHARS, batch_chars // (4 * workers)), batch_docs)
@@ -143,7 +165,7 @@ def tokenize_documents(docs: Iterable[Document], encoder: Any, workers: int = 1,
     with ctx.Pool(workers, initializer=_worker_init, initargs=(encoder.to_str(),)) as pool:
         pending: deque = deque()
         for batch in batches:
-            pending.append((batch, pool.apply_async(_worker_encode, ([d.text for d in batch],))))
+            pending.append((batch, pool.apply_async(_worker_encode, (batch,))))
             # A bounded window: reading runs ahead of the workers by at most two batches each.
             while len(pending) >= 2 * workers:
                 done, result = pending.popleft()

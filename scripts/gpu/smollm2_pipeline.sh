@@ -18,6 +18,10 @@
 #   carry .stage/whl-assets .stage/sftpack:
 #                                      bash scripts/gpu/smollm2_pipeline.sh setup sft3 eval-sft baselines
 # (2026-11-25 on an H100: 332 s, 445 s, and > 600 s for the third; split it in two. docs/RESULTS.md.)
+# The self-chat lever (instruct behaviour kept by mixing the model's own chat answers into the long data):
+#   carry .stage/corpus (+ the GGUF parts as above), then
+#   bash scripts/gpu/smollm2_pipeline.sh corpus selfchat prepare32-chat extend
+#   DATA32=/root/stage/shards-32k-chat CPT32=/root/work/cpt-32k-chat bash scripts/gpu/smollm2_pipeline.sh train32 eval32
 # Every step appends its outputs to $OUT/results.tar (one file back, whatever the number of results) and its
 # log to $OUT/pipeline.log. SMOKE=1 runs the same steps at toy size on CPU (tests/test_gpu_pipeline.py).
 set -euo pipefail
@@ -35,7 +39,9 @@ LR() { $PY -m longreach.cli "$@"; }
 
 GGUF=$STAGE/smollm2.gguf
 BASE32=$WORK/smollm2-32k-base
-CPT32=$WORK/cpt-32k
+CPT32=${CPT32:-$WORK/cpt-32k}
+DATA32=${DATA32:-$STAGE/shards-32k}
+SELFCHAT_N=${SELFCHAT_N:-2000}
 SFT=$WORK/sft
 LQA_LENGTHS=${LQA_LENGTHS:-8000,16000,32000}
 SFT_CONFIG=${SFT_CONFIG:-configs/sft-smollm2-longqa.yaml}
@@ -46,7 +52,7 @@ NIAH_BATCH=${NIAH_BATCH:-8}
 SMOKE_SET=()
 if [ -n "${SMOKE:-}" ]; then  # toy sizes for the CPU test: same commands, same files
   DEPTHS=0,100; LENGTHS32=200,400; NIAH_BATCH=2; LQA_LENGTHS=300; LQA_N=2
-  SFT_CONFIG=configs/sft-demo-cpu.yaml; LQA_FORMAT=chatqa
+  SFT_CONFIG=configs/sft-demo-cpu.yaml; LQA_FORMAT=chatqa; SELFCHAT_N=2; SELFCHAT_ARGS="--passage-tokens 40,80 --max-new-tokens 96"
   SMOKE_SET=(--set max_steps=2 --set grad_accum=1 --set save_every=1 --set warmup_steps=1)
 fi
 
@@ -106,7 +112,7 @@ step_extend() {  # base 1e5 -> the Men et al. bound for head dim 64 at 32K (1.6e
   keep "$(basename "$BASE32")"
 }
 step_train32() {
-  timed LR train -c configs/smollm2-135m-32k.yaml --model "$BASE32" --data "$STAGE/shards-32k" --out "$CPT32" \
+  timed LR train -c configs/smollm2-135m-32k.yaml --model "$BASE32" --data "$DATA32" --out "$CPT32" \
     ${TRAIN_SET:-} ${SMOKE_SET[@]+"${SMOKE_SET[@]}"} > "$WORK/train32.log" 2>&1 || log "  FAILED train32 (see train32.log)"
   tail -2 "$WORK/train32.log" | tee -a "$OUT/pipeline.log"
   keep train32.log "$(basename "$CPT32")/metrics.jsonl"
@@ -130,6 +136,20 @@ step_ppl() {  # short-context retention: perplexity by position on text none of 
 step_baselines() {  # the original model: its 8K window, and beyond it
   niah orig "${ORIG_MODEL:-$GGUF}" "$LENGTHS32" logprob
   niah orig "${ORIG_MODEL:-$GGUF}" "$LENGTHS32" generate
+}
+step_corpus() {  # the raw corpus (10 MB as .tar.xz) for data made on the GPU host
+  timed tar -C "$STAGE" -xJf .stage/corpus/corpus.tar.xz
+}
+step_selfchat() {  # short chat data in the original model's own words (longreach.data.selfchat)
+  timed LR data self-chat --model "${ORIG_MODEL:-$GGUF}" --input "$STAGE/corpus" --n "$SELFCHAT_N" --batch-size 64 \
+    --out "$WORK/selfchat" ${SELFCHAT_ARGS:-} > "$WORK/selfchat.log" 2>&1 || log "  FAILED self-chat (see selfchat.log)"
+  tail -1 "$WORK/selfchat.log" | tee -a "$OUT/pipeline.log"
+  keep selfchat.log selfchat/summary.json
+}
+step_prepare32-chat() {  # the corpus plus the self-chat samples (their own source), packed at 32K
+  timed LR data prepare --input "$STAGE/corpus" --input "$WORK/selfchat/self-chat.jsonl" \
+    --tokenizer "${ORIG_MODEL:-$GGUF}" --seq-len "${SEQ32:-32768}" --out "$STAGE/shards-32k-chat" --workers 8 \
+    --overwrite 2>&1 | tail -1 | cut -c1-600 | tee -a "$OUT/pipeline.log"
 }
 step_sft3() {  # issue 7: stages 2 and 3 on long QA synthesized from real documents, from the 32K model
   local m; m=$(latest_ckpt "$CPT32")
@@ -157,7 +177,7 @@ step_eval-sft() {
   long_qa orig "${ORIG_MODEL:-$GGUF}" "${LQA_LENGTHS%%,*}"
 }
 
-[ $# -gt 0 ] || { echo "usage: smollm2_pipeline.sh STEP... (setup stage-a stage-b extend train32 eval32 ppl baselines)" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: smollm2_pipeline.sh STEP... (setup stage-a stage-b corpus selfchat prepare32-chat extend train32 eval32 ppl sft3 eval-sft baselines)" >&2; exit 2; }
 for s in "$@"; do
   log "step $s"
   "step_$s"

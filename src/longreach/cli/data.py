@@ -1,6 +1,8 @@
-"""`longreach data prepare` (corpus -> packed shards) and `longreach data inspect` (look inside shards).
+"""`longreach data prepare` (corpus -> packed shards), `data self-chat` (short chat data in an instruct model's
+own words, to mix in) and `longreach data inspect` (look inside shards).
 
 Run: longreach data prepare --input corpus/ --tokenizer TOKENIZER_DIR --seq-len 32768 --out shards/
+     longreach data self-chat --model M.gguf --input corpus/ --n 2000 --out chat/
      longreach data inspect shards/
 """
 
@@ -56,6 +58,36 @@ def prepare(
     cfg = config_io.load(PrepareConfig, config, overrides)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     print(json.dumps(run(cfg, overwrite=overwrite)))
+
+
+@data_app.command("self-chat")
+def self_chat(
+    model: Annotated[str, typer.Option(help="instruct model with a chat template: HF folder or .gguf")],
+    input: Annotated[list[str], typer.Option("--input", "-i", help="corpus file or folder (repeatable)")],
+    out: Annotated[str, typer.Option(help="folder: self-chat.jsonl (for `data prepare --input`), generations")],
+    n: Annotated[int, typer.Option(help="prompts to answer")] = 1000,
+    passage_tokens: Annotated[str, typer.Option(help="passage length range MIN,MAX in tokens")] = "120,600",
+    instruction: Annotated[list[str] | None, typer.Option(help="an instruction (repeatable; default: six "
+                                                          "generic ones)")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="answers longer than this are dropped")] = 160,
+    batch_size: Annotated[int, typer.Option(help="prompts per generate call")] = 8,
+    seed: Annotated[int, typer.Option(help="seed of the passage and instruction draw")] = 0,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server instead of a local model")] = None,
+) -> None:
+    """Short chat data in the model's own words (passages of your corpus + instructions + its answers), to mix
+    into continued pretraining so an instruct model keeps answering. Prints a JSON summary."""
+    from longreach.data.selfchat import SelfChatConfig, run
+    from longreach.errors import InputError
+
+    try:
+        rng = [int(x) for x in passage_tokens.split(",")]
+    except ValueError:
+        raise InputError(f"expected MIN,MAX, got {passage_tokens!r}", field="passage_tokens") from None
+    cfg = SelfChatConfig(model=model, inputs=list(input), out=out, n=n, passage_tokens=rng,
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, base_url=base_url)
+    if instruction:
+        cfg.instructions = list(instruction)
+    print(json.dumps(run(cfg)))
 
 
 @data_app.command("inspect")

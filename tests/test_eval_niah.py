@@ -180,3 +180,33 @@ def test_cli_niah_on_a_saved_model(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert printed["mean"] == saved["mean"] and saved["chat"] is False and len(saved["cells"]) == 6
     assert (out / "heatmap.png").exists() and (out / "config.yaml").exists()
+
+
+def test_distractor_needle_swaps_the_subject_outside_the_answer_only():
+    cfg = niah.NiahConfig(model="tiny", mode="logprob", needle="At the Paris office Ann takes the train from Paris.",
+                          question="What does Ann do at the Paris office?", answer="takes the train from Paris",
+                          subject="Paris office", distractor_subjects=["Rome office"],
+                          distractors=["walks to the Louvre"])
+    ex = {"needle": cfg.needle, "answer": cfg.answer}
+    assert niah.distractor_needle(cfg, ex, "walks to the Louvre", "Rome office") == \
+        "At the Rome office Ann walks to the Louvre."
+    with pytest.raises(InputError, match="part of the answer"):  # a distractor inside the answer
+        niah._check_subjects(niah.NiahConfig(**{**cfg.__dict__, "distractors": ["takes the train"]}))
+    with pytest.raises(InputError, match="containing or contained"):
+        niah._check_subjects(niah.NiahConfig(**{**cfg.__dict__, "distractor_subjects": ["Paris office annex"]}))
+
+
+def test_generate_runs_resume_across_logprob_only_settings(tmp_path):
+    base = {"model": "tiny", "lengths": [150], "depths": [50], "out": str(tmp_path / "g"), "chat": False,
+            "max_new_tokens": 2}
+    niah.run(niah.NiahConfig(**base), backend=tiny_backend())
+    again = niah.run(niah.NiahConfig(**base, subject="Rome", distractors=["x y z"] * 5), backend=tiny_backend())
+    assert len(again["cells"]) == 1
+    # A log-prob folder saved before distractors went into the context reads as the lenient form.
+    lp = {**base, "out": str(tmp_path / "l"), "mode": "logprob"}
+    niah.run(niah.NiahConfig(**lp, distractors_in_context=False), backend=tiny_backend())
+    saved = tmp_path / "l" / "config.yaml"
+    saved.write_text("".join(x for x in saved.read_text().splitlines(keepends=True)
+                             if not x.startswith("distractors_in_context")))
+    with pytest.raises(InputError, match="distractors_in_context"):
+        niah.run(niah.NiahConfig(**lp), backend=tiny_backend())

@@ -168,8 +168,8 @@ def insert_needle(context: str, needle: str, depth: float, char_at: int) -> str:
     return insert_needles(context, [(needle_position(context, depth, char_at), 0, needle)])
 
 
-def insert_needles(context: str, placed: list[tuple[int, int, str]]) -> str:
-    """Insert (char position, order, needle) triples; needles at one position keep their order."""
+def insert_needles(context: str, placed: list[tuple[int, Any, str]]) -> str:
+    """Insert (char position, order key, needle) triples; needles at one position go in order-key order."""
     out, last = [], 0
     for at, _, needle in sorted(placed):
         out += [context[last:at], "\n" + needle + "\n"]
@@ -207,14 +207,14 @@ class Haystack:
         return context + "\n\n" + " ".join(x for x in (lead, prefix or "") if x)
 
     def context(self, n_tokens: int, needles: list[tuple[str, float]], skip: int = 0) -> str:
-        """Haystack tokens [skip, skip + n_tokens) as text with each (needle, depth) inside; the first
-        needle comes first where two fall at one position."""
+        """Haystack tokens [skip, skip + n_tokens) as text with each (needle, depth) inside; needles that
+        fall after the same period go in depth order (the first given first at equal depths)."""
         ctx_ids = self.ids[skip:skip + n_tokens]
         text = self.tok.decode(ctx_ids)
         placed = []
         for order, (needle, depth) in enumerate(needles):
             char_at = min(len(text), len(self.tok.decode(ctx_ids[:int(n_tokens * depth / 100)])))
-            placed.append((needle_position(text, depth, char_at), order, needle))
+            placed.append((needle_position(text, depth, char_at), (depth, order), needle))
         return insert_needles(text, placed)
 
     def build(self, length: int, depth: float, needle: str, question: str, prefix: str | None,
@@ -259,7 +259,7 @@ class Haystack:
                 if got < length and (best is None or got > best[0]):
                     best = (got, prompt)
         if best is None:
-            raise InputError(f"length {length} is too short for the template, question and needle",
+            raise InputError(f"length {length} is too short for the template, question and needle(s)",
                              field="lengths")
         return best[1]
 
@@ -300,8 +300,12 @@ def cell_examples(cfg: NiahConfig) -> list[dict[str, Any]]:
 
 
 def distractor_needle(cfg: NiahConfig, ex: dict[str, Any], distractor: str, subject: str) -> str:
-    """The cell's needle about another subject, with the distractor in place of the answer."""
-    return ex["needle"].replace(ex["answer"], distractor).replace(cfg.subject, subject)
+    """The cell's needle about another subject, with the distractor in place of the answer: the subject is
+    swapped in the needle's own words only, never inside the answer or the distractor."""
+    needle, answer = ex["needle"], ex["answer"]
+    at = needle.find(answer)
+    before, after = needle[:at], needle[at + len(answer):]
+    return before.replace(cfg.subject, subject) + distractor + after.replace(cfg.subject, subject)
 
 
 def _check(cfg: NiahConfig) -> None:
@@ -339,12 +343,20 @@ def _check_subjects(cfg: NiahConfig) -> None:
                          f"appear in both the needle and the question: {hint}", field="subject")
     if cfg.subject in cfg.answer:
         raise InputError(f"the subject {cfg.subject!r} must not be part of the answer", field="subject")
-    subjects = cfg.distractor_subjects
-    if len(subjects) < n or len(set(subjects[:n])) < n or cfg.subject in subjects[:n]:
-        raise InputError(f"need {n} distinct distractor subjects other than {cfg.subject!r}, got {subjects!r}: "
-                         f"{hint}", field="distractor_subjects")
-    if not digits and (cfg.answer in cfg.distractors or len(set(cfg.distractors)) < n):
-        raise InputError("distractors must be distinct and differ from the answer", field="distractors")
+    if cfg.answer.replace("{key}", "1") not in cfg.needle.replace("{key}", "1"):
+        raise InputError("distractor needles replace the answer inside the needle: the answer must be part of "
+                         "the needle", field="answer")
+    subjects = cfg.distractor_subjects[:n]
+    if len(subjects) < n or len(set(subjects)) < n or any(cfg.subject in x or x in cfg.subject for x in subjects):
+        raise InputError(f"need {n} distinct distractor subjects, none containing or contained in "
+                         f"{cfg.subject!r}, got {cfg.distractor_subjects!r}: {hint}", field="distractor_subjects")
+    if not digits and (len(set(cfg.distractors)) < n or any(cfg.answer in d or d in cfg.answer or cfg.subject in d
+                                                            for d in cfg.distractors)):
+        raise InputError("distractors must be distinct, neither contain nor be part of the answer, and not "
+                         "name the subject", field="distractors")
+
+
+LOGPROB_ONLY = {"distractors", "distractors_digits", "distractors_in_context", "subject", "distractor_subjects"}
 
 
 def _check_resume(cfg: NiahConfig, out: Path) -> None:
@@ -353,7 +365,11 @@ def _check_resume(cfg: NiahConfig, out: Path) -> None:
     if not (cfg.resume and saved.exists() and (out / "predictions.jsonl").exists()):
         return
     old = config_io.load(NiahConfig, saved)
+    if "distractors_in_context" not in saved.read_text():
+        old.distractors_in_context = False  # saved before the field existed: the lenient form
     ignore = {"out", "resume", "batch_size", "device", "base_url", "served_model"}
+    if cfg.mode == "generate" and old.mode == "generate":
+        ignore |= LOGPROB_ONLY
     diff = [k for k in config_io.to_dict(cfg) if k not in ignore and getattr(old, k) != getattr(cfg, k)]
     if diff:
         raise InputError(f"holds a run with other settings ({', '.join(diff)}): use another --out or --no-resume",

@@ -50,6 +50,15 @@ def test_special_token_records_encode_special_ids_and_plain_text_does_not(tmp_pa
     assert any(ids[i:i + len(plain)] == plain for i in range(len(ids)))
 
 
+def test_special_tokens_flag_in_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["<s> chat", "<s> plain", "<s> unset"], "special_tokens": [True, False, None]}),
+                   tmp_path / "t.parquet")
+    assert [d.special for d in iter_documents(tmp_path / "t.parquet")] == [True, False, False]
+
+
 def test_special_tokens_field_must_be_a_bool(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "hi", "special_tokens": "yes"}) + "\n")
     with pytest.raises(InputError, match="special_tokens") as e:

@@ -177,6 +177,8 @@ def _iter_parquet(path: Path, source: str, text_field: str, source_field: str | 
             raise InputError(f"no such column; the file has {names}", path=str(path), field=field)
         if column not in columns:
             columns.append(column)
+    if SPECIAL_FIELD in names and SPECIAL_FIELD not in columns:
+        columns.append(SPECIAL_FIELD)
     row = 0
     try:
         for batch in pf.iter_batches(batch_size=256, columns=columns):
@@ -234,7 +236,8 @@ def _record_document(record: Any, path: Path, line: int, source: str, text_field
         return None
     if source_field:
         source = strings[source_field]
-    special = record.get(SPECIAL_FIELD, False)
+    special = record.get(SPECIAL_FIELD)
+    special = False if special is None else special
     if not isinstance(special, bool):
         problems("not_a_bool", f"expected true or false, got {special!r}", path, line, SPECIAL_FIELD)
         return None

@@ -9,7 +9,8 @@ greedy chat answers at 2K fell from 1.0 to 0.3; docs/LOG.md). ProLong and ChatQA
 long-context mix; a user of an instruct checkpoint seldom has its instruction data, but the checkpoint itself
 can answer: each sample is a passage of the user's own corpus (cut at sentence boundaries to a random length
 in `passage_tokens`), one of `instructions`, and the model's greedy answer, rendered by the model's chat
-template. Answers cut by `max_new_tokens` are left out (a cut answer would teach the model to stop mid-way).
+template. Answers that may have been cut by `max_new_tokens` are left out (a cut answer would teach the model
+to stop mid-way).
 
 Output (`out`): generations.jsonl (resumable: a stopped run continues), and self-chat.jsonl with one record
 per kept sample: {"text": the chat-template rendering, "special_tokens": true, "messages", "source_doc"}.
@@ -146,9 +147,13 @@ def run(cfg: SelfChatConfig, backend: Any = None) -> dict[str, Any]:
                          field="model")
     examples = sample_passages(cfg, tok)
 
+    # Re-encoding a decoded answer can come out a few tokens shorter than what was generated, so an answer
+    # counts as finished only with a margin below the budget (a few answers that ended just in time are lost).
+    margin = max(4, cfg.max_new_tokens // 16)
+
     def score(ex: dict[str, Any], answer: str) -> dict[str, Any]:
         n = len(tok(answer, add_special_tokens=False)["input_ids"])
-        return {"score": float(n < cfg.max_new_tokens and bool(answer.strip())), "answer_tokens": n}
+        return {"score": float(n < cfg.max_new_tokens - margin and bool(answer.strip())), "answer_tokens": n}
 
     records = task.run(examples, messages, backend, score, out / "generations.jsonl", cfg.max_new_tokens,
                        batch_size=cfg.batch_size)

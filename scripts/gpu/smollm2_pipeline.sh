@@ -22,8 +22,11 @@
 #   carry .stage/corpus (+ the GGUF parts as above), then
 #   bash scripts/gpu/smollm2_pipeline.sh corpus selfchat prepare32-chat extend
 #   DATA32=/root/stage/shards-32k-chat CPT32=/root/work/cpt-32k-chat bash scripts/gpu/smollm2_pipeline.sh train32 eval32
+# Milestone B (128K), after a 32K model exists (~6 min on an H100 by the measured 22.4K tok/s):
+#   bash scripts/gpu/smollm2_pipeline.sh corpus prepare128 extend128 train128 eval128
 # Every step appends its outputs to $OUT/results.tar (one file back, whatever the number of results) and its
-# log to $OUT/pipeline.log. SMOKE=1 runs the same steps at toy size on CPU (tests/test_gpu_pipeline.py).
+# log to $OUT/pipeline.log. SMOKE=1 runs the same steps at toy size on CPU (STAGE/WORK/OUT under /tmp, PY=python;
+# see docs/LOG.md for the smoke runs). A failed command is logged (exit code) and the next steps still run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
@@ -42,6 +45,9 @@ BASE32=$WORK/smollm2-32k-base
 CPT32=${CPT32:-$WORK/cpt-32k}
 DATA32=${DATA32:-$STAGE/shards-32k}
 SELFCHAT_N=${SELFCHAT_N:-2000}
+BASE128=$WORK/smollm2-128k-base
+CPT128=${CPT128:-$WORK/cpt-128k}
+LENGTHS128=${LENGTHS128:-1000,4000,8000,16000,32000,48000,64000,96000,128000}
 SFT=$WORK/sft
 LQA_LENGTHS=${LQA_LENGTHS:-8000,16000,32000}
 SFT_CONFIG=${SFT_CONFIG:-configs/sft-smollm2-longqa.yaml}
@@ -51,7 +57,7 @@ LENGTHS32=${LENGTHS32:-1000,2000,4000,8000,12000,16000,24000,32000}
 NIAH_BATCH=${NIAH_BATCH:-8}
 SMOKE_SET=()
 if [ -n "${SMOKE:-}" ]; then  # toy sizes for the CPU test: same commands, same files
-  DEPTHS=0,100; LENGTHS32=200,400; NIAH_BATCH=2; LQA_LENGTHS=300; LQA_N=2
+  DEPTHS=0,100; LENGTHS32=400,600; LENGTHS128=400,600; NIAH_BATCH=2; LQA_LENGTHS=300; LQA_N=2
   SFT_CONFIG=configs/sft-demo-cpu.yaml; LQA_FORMAT=chatqa; SELFCHAT_N=2; SELFCHAT_ARGS="--passage-tokens 40,80 --max-new-tokens 96"
   SMOKE_SET=(--set max_steps=2 --set grad_accum=1 --set save_every=1 --set warmup_steps=1)
 fi
@@ -61,8 +67,13 @@ keep() {  # add files or folders (paths under $WORK) to $OUT/results.tar; weight
   (cd "$WORK" && tar --exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' --exclude='*.gguf' \
      -rf "$OUT/results.tar" "$@") || log "  could not keep $*"
 }
-timed() { local t0=$SECONDS; "$@"; log "  took $((SECONDS - t0)) s: $*"; }
-latest_ckpt() { ls -d "$1"/checkpoints/step-* | sort | tail -1; }
+timed() { local t0=$SECONDS rc=0; "$@" || rc=$?; log "  took $((SECONDS - t0)) s (exit $rc): $*"; return $rc; }
+latest_ckpt() { ls -d "$1"/checkpoints/step-* 2>/dev/null | sort | tail -1 || true; }
+need_ckpt() {  # RUN: its newest checkpoint, or an empty line and a log line (the step then skips its work)
+  local m; m=$(latest_ckpt "$1")
+  [ -n "$m" ] || log "  no checkpoint in $1: skipped"
+  echo "$m"
+}
 
 niah() {  # NAME MODEL LENGTHS MODE [extra eval-niah args]: default needle, 10 depths
   local name=$1 model=$2 lengths=$3 mode=$4; shift 4
@@ -108,7 +119,7 @@ step_stage-b() {
 }
 step_extend() {  # base 1e5 -> the Men et al. bound for head dim 64 at 32K (1.6e7); no training yet
   timed LR extend --model "${SRC_MODEL:-$GGUF}" --target-len 32768 --out "$BASE32" ${EXTEND_ARGS:-} \
-    2>&1 | tail -3 | tee -a "$OUT/pipeline.log"
+    2>&1 | tail -3 | tee -a "$OUT/pipeline.log" || log "  FAILED extend"
   keep "$(basename "$BASE32")"
 }
 step_train32() {
@@ -118,15 +129,18 @@ step_train32() {
   keep train32.log "$(basename "$CPT32")/metrics.jsonl"
 }
 step_eval32() {  # the trained model: both scorings; the base-change-only model: log-prob
-  local m; m=$(latest_ckpt "$CPT32")
+  local m; m=$(need_ckpt "$CPT32"); [ -n "$m" ] || return 0
   niah cpt32 "$m" "$LENGTHS32" logprob
   niah cpt32 "$m" "$LENGTHS32" generate
-  niah cpt32-passkey "$m" "$LENGTHS32" logprob --needle "The pass key is {key}. Remember it. {key} is the pass key." \
-    --question "What is the pass key?" --answer "{key}"
+  niah cpt32-passkey "$m" "$LENGTHS32" logprob \
+    --needle "The pass key of the red door is {key}. Remember it. {key} is the pass key of the red door." \
+    --question "What is the pass key of the red door?" --answer "{key}" --subject "red door" \
+    --distractor-subject "blue door" --distractor-subject "green gate" --distractor-subject "back room" \
+    --distractor-subject "old shed" --distractor-subject "side window"
   niah base32 "$BASE32" "$LENGTHS32" logprob
 }
 step_ppl() {  # short-context retention: perplexity by position on text none of the models trained on
-  local m; m=$(latest_ckpt "$CPT32")
+  local m; m=$(need_ckpt "$CPT32"); [ -n "$m" ] || return 0
   local essays; essays=$($PY -c "from longreach import assets; print(assets.paul_graham_essays())")
   timed LR eval ppl --model "${ORIG_MODEL:-$GGUF}" --model "$BASE32" --model "$m" --text "$essays" \
     --length "${PPL_LEN:-4096}" --sequences 8 --out "$WORK/eval/ppl-short" > "$WORK/eval/ppl-short.log" 2>&1 \
@@ -149,10 +163,32 @@ step_selfchat() {  # short chat data in the original model's own words (longreac
 step_prepare32-chat() {  # the corpus plus the self-chat samples (their own source), packed at 32K
   timed LR data prepare --input "$STAGE/corpus" --input "$WORK/selfchat/self-chat.jsonl" \
     --tokenizer "${ORIG_MODEL:-$GGUF}" --seq-len "${SEQ32:-32768}" --out "$STAGE/shards-32k-chat" --workers 8 \
-    --overwrite 2>&1 | tail -1 | cut -c1-600 | tee -a "$OUT/pipeline.log"
+    --overwrite 2>&1 | tail -1 | cut -c1-600 | tee -a "$OUT/pipeline.log" || log "  FAILED prepare32-chat"
+}
+step_prepare128() {  # milestone B data: the same corpus packed at 128K
+  timed LR data prepare --input "$STAGE/corpus" --tokenizer "${ORIG_MODEL:-$GGUF}" --seq-len "${SEQ128:-131072}" \
+    --out "$STAGE/shards-128k" --workers 8 --overwrite 2>&1 | tail -1 | cut -c1-400 | tee -a "$OUT/pipeline.log" \
+    || log "  FAILED prepare128"
+}
+step_extend128() {  # 32K -> 128K: the trained 32K model, base raised to the bound for 128K at head dim 64
+  local m; m=$(need_ckpt "$CPT32"); [ -n "$m" ] || return 0
+  timed LR extend --model "$m" --target-len 131072 --out "$BASE128" 2>&1 | tail -3 | tee -a "$OUT/pipeline.log" \
+    || log "  FAILED extend128"
+  keep "$(basename "$BASE128")"
+}
+step_train128() {
+  timed LR train -c configs/smollm2-135m-128k.yaml --model "$BASE128" --data "$STAGE/shards-128k" --out "$CPT128" \
+    ${TRAIN_SET:-} ${SMOKE_SET[@]+"${SMOKE_SET[@]}"} > "$WORK/train128.log" 2>&1 || log "  FAILED train128 (see train128.log)"
+  tail -2 "$WORK/train128.log" | tee -a "$OUT/pipeline.log"
+  keep train128.log "$(basename "$CPT128")/metrics.jsonl"
+}
+step_eval128() {
+  local m; m=$(need_ckpt "$CPT128"); [ -n "$m" ] || return 0
+  niah cpt128 "$m" "$LENGTHS128" generate
+  niah cpt128 "$m" "$LENGTHS128" logprob
 }
 step_sft3() {  # issue 7: stages 2 and 3 on long QA synthesized from real documents, from the 32K model
-  local m; m=$(latest_ckpt "$CPT32")
+  local m; m=$(need_ckpt "$CPT32"); [ -n "$m" ] || return 0
   mkdir -p "$SFT"
   # data and shards made on the CPU machine (--prepare-only), reused while their fingerprints match
   [ -f .stage/sftpack/sft.tar.xz ] && tar -C "$SFT" -xJf .stage/sftpack/sft.tar.xz
@@ -169,15 +205,16 @@ long_qa() {  # NAME MODEL LENGTHS: answer accuracy on held-out documents (greedy
   keep "eval/lqa-$1" "eval/lqa-$1.log"
 }
 step_eval-sft() {
-  local s; s=$(latest_ckpt "$SFT/sft3")
-  long_qa sft3 "$s" "$LQA_LENGTHS"
-  long_qa cpt32 "$(latest_ckpt "$CPT32")" "$LQA_LENGTHS"
+  local s c; s=$(need_ckpt "$SFT/sft3"); c=$(need_ckpt "$CPT32")
+  [ -n "$s" ] && long_qa sft3 "$s" "$LQA_LENGTHS"
+  [ -n "$c" ] && long_qa cpt32 "$c" "$LQA_LENGTHS"
+  [ -n "$s" ] || return 0
   niah sft3 "$s" "$LENGTHS32" generate
   niah sft3 "$s" "$LENGTHS32" logprob
   long_qa orig "${ORIG_MODEL:-$GGUF}" "${LQA_LENGTHS%%,*}"
 }
 
-[ $# -gt 0 ] || { echo "usage: smollm2_pipeline.sh STEP... (setup stage-a stage-b corpus selfchat prepare32-chat extend train32 eval32 ppl sft3 eval-sft baselines)" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: smollm2_pipeline.sh STEP... (setup stage-a stage-b corpus selfchat prepare32-chat extend train32 eval32 ppl prepare128 extend128 train128 eval128 sft3 eval-sft baselines)" >&2; exit 2; }
 for s in "$@"; do
   log "step $s"
   "step_$s"

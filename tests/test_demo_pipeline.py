@@ -134,6 +134,14 @@ def test_demo_runs_end_to_end_at_a_tiny_size(tiny_plays, tmp_path):
     a = load_file(out / "models" / "base-change" / "model.safetensors")
     b = load_file(out / "models" / "extended" / "model.safetensors")
     assert any(not np.array_equal(a[k], b[k]) for k in a)
+    # The comparison knob: another RoPE scheme in place of the base change, said so in the report.
+    yarn = demo.run(config_io.load(demo.DemoConfig, CONFIG, tiny + [
+        f"out={tmp_path / 'y'}", f"base_model={base['base']}", "factor=2", "extend.steps=1", "scheme=yarn",
+        "extend.micro_batch=2", "eval.ppl_sequences=1", "eval.ppl_buckets=4"]))
+    rope_cfg = json.loads((tmp_path / "y" / "models" / "base-change" / "config.json").read_text())
+    assert rope_cfg["rope_parameters"]["rope_type"] == "yarn" and rope_cfg["max_position_embeddings"] == 256
+    assert "RoPE scheme `yarn` (factor 2)" in (tmp_path / "y" / "report.md").read_text()
+    assert [r["model"] for r in yarn["rows"]] == ["base", "base-change", "extended"]
 
 
 def test_committed_base_retrieves_inside_its_window(tmp_path):

@@ -88,6 +88,7 @@ class DemoConfig:
     window: int = 128  # L: the base model's window (base stage; the extension reads it from the model)
     factor: int = 16  # target window = factor x L
     rope_base: float | None = None  # new RoPE base; None: rope.recommended_base(target, head dim)
+    scheme: str = "theta"  # theta (the recipe: a new base); yarn, pi, ntk, llama3 for comparison (rope_base unused)
     key_digits: int = 5  # digits of pass keys (training documents and NIAH)
     seed: int = 0  # corpus sampling, data order, initialisation
     base: BaseStage = field(default_factory=BaseStage)
@@ -353,7 +354,8 @@ def run_extend(cfg: DemoConfig) -> dict[str, Any]:
 
     # data: corpus files -> `data prepare` at the target length, "<s>" between documents
     corpus = write_corpus(cfg, tok, target, out / "corpus")
-    sources = [str(out / "corpus" / "gutenberg.jsonl"), str(out / "corpus" / "passkey.jsonl")]
+    sources = [str(p) for p in (out / "corpus" / "gutenberg.jsonl", out / "corpus" / "passkey.jsonl")
+               if p.stat().st_size > 0]  # a tiny run may draw no document of one kind
     pcfg = PrepareConfig(inputs=sources, tokenizer=str(base_dir), seq_len=target, out=str(out / "data"),
                          sep_mode="sep", sep=SEP,
                          upsample_ratio=1.0, shuffle=False, seed=cfg.seed)  # the corpus sets mix and layout
@@ -371,7 +373,8 @@ def run_extend(cfg: DemoConfig) -> dict[str, Any]:
     # the base change, then continued pretraining
     t = time.time()
     change_dir = out / "models" / "base-change"
-    extend_checkpoint(base_dir, change_dir, target, scheme="theta", base=new_base)
+    extend_checkpoint(base_dir, change_dir, target, scheme=cfg.scheme,
+                      base=new_base if cfg.scheme == "theta" else None)
     tcfg = TrainConfig(model=str(change_dir), data=str(out / "data"), out=str(out / "train"), stage="extend",
                        max_steps=e.steps, micro_batch=e.micro_batch, lr=e.lr, min_lr=e.lr / 10,
                        warmup_steps=e.warmup_steps, seed=cfg.seed, save_every=e.steps, keep_checkpoints=1,
@@ -463,9 +466,11 @@ def report_lines(cfg: DemoConfig, facts: dict[str, Any], rows: list[dict[str, An
     lengths = list(rows[0]["niah_per_length"])
     recipe = (
         f"A 4-layer Llama (1.0M parameters) that longreach pretrained at a {window}-token window gets the "
-        f"ChatQA 2 treatment on a small scale: the RoPE base goes from {facts['old_base']:.3g} to "
-        f"{facts['new_base']:.3g} (`rope.recommended_base` for {target} tokens at its head dimension), then "
-        f"{e.steps} steps of continued pretraining on {facts['sequences']} sequences of {target} tokens "
+        + (f"ChatQA 2 treatment on a small scale: the RoPE base goes from {facts['old_base']:.3g} to "
+           f"{facts['new_base']:.3g} (`rope.recommended_base` for {target} tokens at its head dimension), then "
+           if cfg.scheme == "theta" else
+           f"RoPE scheme `{cfg.scheme}` (factor {cfg.factor}) instead of ChatQA 2's base change, then ")
+        + f"{e.steps} steps of continued pretraining on {facts['sequences']} sequences of {target} tokens "
         f"({facts['tokens_per_step']:,} tokens per step, lr {e.lr:g}) made by `longreach data prepare`, "
         f"documents joined by a plain-text `{SEP}`.")
     synthetic = (

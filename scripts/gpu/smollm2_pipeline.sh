@@ -122,11 +122,15 @@ step_extend() {  # base 1e5 -> the Men et al. bound for head dim 64 at 32K (1.6e
     2>&1 | tail -3 | tee -a "$OUT/pipeline.log" || log "  FAILED extend"
   keep "$(basename "$BASE32")"
 }
+train_run() {  # NAME CONFIG MODEL DATA RUN: one `longreach train`, its log and metrics kept
+  local name=$1 config=$2 model=$3 data=$4 run=$5
+  timed LR train -c "$config" --model "$model" --data "$data" --out "$run" ${TRAIN_SET:-} \
+    ${SMOKE_SET[@]+"${SMOKE_SET[@]}"} > "$WORK/$name.log" 2>&1 || log "  FAILED $name (see $name.log)"
+  tail -2 "$WORK/$name.log" | tee -a "$OUT/pipeline.log"
+  keep "$name.log" "$(basename "$run")/metrics.jsonl"
+}
 step_train32() {
-  timed LR train -c configs/smollm2-135m-32k.yaml --model "$BASE32" --data "$DATA32" --out "$CPT32" \
-    ${TRAIN_SET:-} ${SMOKE_SET[@]+"${SMOKE_SET[@]}"} > "$WORK/train32.log" 2>&1 || log "  FAILED train32 (see train32.log)"
-  tail -2 "$WORK/train32.log" | tee -a "$OUT/pipeline.log"
-  keep train32.log "$(basename "$CPT32")/metrics.jsonl"
+  train_run train32 configs/smollm2-135m-32k.yaml "$BASE32" "$DATA32" "$CPT32"
 }
 step_eval32() {  # the trained model: both scorings; the base-change-only model: log-prob
   local m; m=$(need_ckpt "$CPT32"); [ -n "$m" ] || return 0
@@ -177,10 +181,7 @@ step_extend128() {  # 32K -> 128K: the trained 32K model, base raised to the bou
   keep "$(basename "$BASE128")"
 }
 step_train128() {
-  timed LR train -c configs/smollm2-135m-128k.yaml --model "$BASE128" --data "$STAGE/shards-128k" --out "$CPT128" \
-    ${TRAIN_SET:-} ${SMOKE_SET[@]+"${SMOKE_SET[@]}"} > "$WORK/train128.log" 2>&1 || log "  FAILED train128 (see train128.log)"
-  tail -2 "$WORK/train128.log" | tee -a "$OUT/pipeline.log"
-  keep train128.log "$(basename "$CPT128")/metrics.jsonl"
+  train_run train128 configs/smollm2-135m-128k.yaml "$BASE128" "$STAGE/shards-128k" "$CPT128"
 }
 step_eval128() {
   local m; m=$(need_ckpt "$CPT128"); [ -n "$m" ] || return 0

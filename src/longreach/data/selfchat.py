@@ -64,8 +64,7 @@ def _check(cfg: SelfChatConfig) -> None:
         raise InputError("give at least one --input corpus", field="inputs")
     if not cfg.out:
         raise InputError("--out is required", field="out")
-    lo, hi = (list(cfg.passage_tokens) + [0, 0])[:2]
-    if len(cfg.passage_tokens) != 2 or not 0 < lo <= hi:
+    if len(cfg.passage_tokens) != 2 or not 0 < cfg.passage_tokens[0] <= cfg.passage_tokens[1]:
         raise InputError(f"passage_tokens is a range MIN,MAX with 0 < MIN <= MAX, got {cfg.passage_tokens}",
                          field="passage_tokens")
     if cfg.n < 1 or cfg.max_new_tokens < 1:

@@ -177,6 +177,23 @@ def format_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
+def _suite_scores(cfg: BenchConfig, names: list[str], data: str | Path, backend: Any, run_one: Any,
+                  folder_of: str | None = None) -> dict[str, float]:
+    """Score of each task through `run_one(cfg, name, data, session=...)`, one model session for all;
+    `folder_of` ("tasks", "datasets"): several of them need --data to be a folder."""
+    if folder_of and len(names) > 1 and not Path(data).is_dir():
+        raise InputError(f"several {folder_of} need --data to be a folder of their files", path=str(data))
+    sess = Session(cfg, backend)
+    return {n: run_one(cfg, n, data, session=sess)["score"] for n in names}
+
+
+def _suite_summary(benchmark: str, column: str, scores: dict[str, float]) -> dict[str, Any]:
+    """Print the table beside the paper's models; the suite's result with its average."""
+    rows, avg = _suite_rows(benchmark, scores)
+    print(format_table([column, "score", *PAPER_MODELS], rows), file=sys.stderr)
+    return {"benchmark": benchmark, "scores": scores, "average": avg}
+
+
 def _suite_rows(benchmark: str, scores: dict[str, float]) -> tuple[list[list[Any]], float | None]:
     """Rows (task, score, paper numbers) and the average when every task of a paper suite is present."""
     rows = [[t, s, *PAPER.get((benchmark, t), [None] * len(PAPER_MODELS))] for t, s in scores.items()]
@@ -254,13 +271,8 @@ def run_infinitebench(cfg: BenchConfig, task_name: str, data: str | Path, backen
 def run_infinitebench_tasks(cfg: BenchConfig, tasks: list[str], data: str | Path,
                             backend: Any = None) -> dict[str, Any]:
     """Several InfiniteBench tasks (data: a folder of official files); prints a table beside the paper."""
-    if len(tasks) > 1 and not Path(data).is_dir():
-        raise InputError("several tasks need --data to be a folder of their files", path=str(data))
-    sess = Session(cfg, backend)
-    scores = {t: run_infinitebench(cfg, t, data, session=sess)["score"] for t in tasks}
-    rows, avg = _suite_rows("infinitebench", scores)
-    print(format_table(["task", "score", *PAPER_MODELS], rows), file=sys.stderr)
-    return {"benchmark": "infinitebench", "scores": scores, "average": avg}
+    scores = _suite_scores(cfg, tasks, data, backend, run_infinitebench, folder_of="tasks")
+    return _suite_summary("infinitebench", "task", scores)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -318,13 +330,8 @@ def run_longbench(cfg: BenchConfig, dataset: str, data: str | Path, backend: Any
 def run_longbench_tasks(cfg: BenchConfig, datasets: list[str], data: str | Path,
                         backend: Any = None) -> dict[str, Any]:
     """Several datasets (data: a folder) - e.g. the paper's 32K suite - and a table with the average."""
-    if len(datasets) > 1 and not Path(data).is_dir():
-        raise InputError("several datasets need --data to be a folder of their files", path=str(data))
-    sess = Session(cfg, backend)
-    scores = {d: run_longbench(cfg, d, data, session=sess)["score"] for d in datasets}
-    rows, avg = _suite_rows("longbench", scores)
-    print(format_table(["dataset", "score", *PAPER_MODELS], rows), file=sys.stderr)
-    return {"benchmark": "longbench", "scores": scores, "average": avg}
+    scores = _suite_scores(cfg, datasets, data, backend, run_longbench, folder_of="datasets")
+    return _suite_summary("longbench", "dataset", scores)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -435,13 +442,10 @@ def run_chatrag(cfg: BenchConfig, dataset: str, data: str | Path, backend: Any =
 def run_chatrag_tasks(cfg: BenchConfig, datasets: list[str], data: str | Path,
                       backend: Any = None) -> dict[str, Any]:
     """Several ChatRAG datasets; DoQA's column is the mean of its domains; a table with the average."""
-    sess = Session(cfg, backend)
-    scores = {d: run_chatrag(cfg, d, data, session=sess)["score"] for d in datasets}
+    scores = _suite_scores(cfg, datasets, data, backend, run_chatrag)
     if all(d in scores for d in chatrag.DOQA_DOMAINS):
         doqa = sum(scores[d] for d in chatrag.DOQA_DOMAINS) / len(chatrag.DOQA_DOMAINS)
         save_results(Path(cfg.out), [{"benchmark": "chatrag", "task": "doqa", "n": len(chatrag.DOQA_DOMAINS),
                                       "score": doqa}])
         scores = {**{d: s for d, s in scores.items() if d not in chatrag.DOQA_DOMAINS}, "doqa": doqa}
-    rows, avg = _suite_rows("chatrag", scores)
-    print(format_table(["dataset", "score", *PAPER_MODELS], rows), file=sys.stderr)
-    return {"benchmark": "chatrag", "scores": scores, "average": avg}
+    return _suite_summary("chatrag", "dataset", scores)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longreach.data.readers import iter_json_lines
 from longreach.errors import InputError
 from longreach.rag.answer import SHORT_INSTRUCTION, TEXT_STOP, fit_hits, qa_prompt, use_chat, window
 from longreach.rag.retrieve import Hit, Retriever, order_hits, select_by_budget
@@ -46,13 +47,7 @@ class CompareConfig:
 def load_questions(path: str | Path, shared_docs: bool) -> list[dict[str, Any]]:
     """Questions with "id", "question", "answers" and (unless a shared corpus is given) "docs"."""
     out: list[dict[str, Any]] = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"not JSON ({e.msg})", path=str(path), line=n) from None
+    for n, rec in iter_json_lines(path):
         if not isinstance(rec.get("question"), str):
             raise InputError("missing 'question'", path=str(path), line=n, field="question")
         answers = rec.get("answers", rec.get("answer"))

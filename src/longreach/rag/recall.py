@@ -11,11 +11,11 @@ wrap lines anywhere). `PG_QUESTIONS` holds 28 hand-written questions over the Pa
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
+from longreach.data.readers import iter_json_lines
 from longreach.errors import InputError
 from longreach.rag.retrieve import Retriever
 
@@ -24,13 +24,11 @@ PG_QUESTIONS = Path(__file__).parent / "data" / "pg_essays_qa.jsonl"
 
 def load_questions(path: str | Path) -> list[dict[str, Any]]:
     out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            q = json.loads(line)
-            for key in ("question", "doc", "evidence"):
-                if not isinstance(q.get(key), str):
-                    raise InputError(f"missing '{key}'", path=str(path), line=n, field=key)
-            out.append(q)
+    for n, q in iter_json_lines(path):
+        for key in ("question", "doc", "evidence"):
+            if not isinstance(q.get(key), str):
+                raise InputError(f"missing '{key}'", path=str(path), line=n, field=key)
+        out.append(q)
     return out
 
 

@@ -216,7 +216,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     attention.register()  # makes "longreach_flex" a valid attn
     lm, tok = load_start(str(resume_from or cfg.model), cfg.attn, cfg.seed)
     lm.config._attn_implementation = cfg.attn
-    check_data_matches_model(batches.shards.manifest, lm, tok, cfg)
+    tok_hash = _tokenizer_hash(tok)
+    check_data_matches_model(batches.shards.manifest, lm, tok_hash, cfg)
     start_meta = checkpoint.read_meta(resume_from or cfg.model)
     lm.config.use_cache = False
     parallel.configure_layers(lm, checkpointing=cfg.activation_checkpointing, compile=cfg.compile,
@@ -237,7 +238,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             print(f"resuming from {resume_from} (step {step})", file=sys.stderr)
             _metrics_restart(out / "metrics.jsonl", step)
     autocast = _precision(cfg, d.device)
-    tok_hash = _tokenizer_hash(tok)
     lineage = list(start_meta.get("lineage", [])) if resume_from is None else start_meta.get("lineage", [])
     if resume_from is None:
         lineage = lineage + [{"stage": start_meta.get("stage", "start"), "path": str(cfg.model),
@@ -330,7 +330,7 @@ def _progress(cfg: TrainConfig, d: parallel.Dist, step: int):
                 dynamic_ncols=True)
 
 
-def check_data_matches_model(manifest: dict[str, Any], lm: Any, tok: Any, cfg: TrainConfig) -> None:
+def check_data_matches_model(manifest: dict[str, Any], lm: Any, tok_hash: str | None, cfg: TrainConfig) -> None:
     """Shards tokenized by another tokenizer train on garbage without any error: refuse them up front.
 
     The check uses what the manifest records: the tokenizer hash (data prepare) and the vocabulary size (every
@@ -340,8 +340,7 @@ def check_data_matches_model(manifest: dict[str, Any], lm: Any, tok: Any, cfg: T
     if vocab is not None and vocab > rows:
         raise InputError(f"the shards' vocabulary ({vocab} ids) is larger than the model's embedding ({rows} rows): "
                          f"they were tokenized for another model", path=str(cfg.data), field="vocab_size")
-    want = (manifest.get("tokenizer") or {}).get("hash")
-    got = _tokenizer_hash(tok) if want and tok is not None else None
+    want, got = (manifest.get("tokenizer") or {}).get("hash"), tok_hash
     if want and got and want != got:
         raise InputError(f"the shards were tokenized by another tokenizer (hash {want[:12]}, path "
                          f"{manifest['tokenizer'].get('path')}) than the model's ({got[:12]}, {cfg.model}); "

@@ -40,6 +40,19 @@ def test_chatqa2_example_config_has_the_paper_blends():
     assert set(cfg.datasets) == set(STAGE2) | {"long_sft", "NarrativeQA_131072"}
 
 
+@pytest.mark.parametrize("name", ["sft-smollm2-longqa.yaml", "smollm2-135m-32k-sft.yaml"])
+def test_gpu_sft_configs_pass_their_checks(name):
+    from longreach.sft.synth import check_config
+
+    cfg = recipe.load(str(ROOT / "configs" / name), ["model=m"])
+    recipe.check(cfg)
+    for scfg in cfg.synth.values():
+        check_config(scfg)
+    if name == "smollm2-135m-32k-sft.yaml":  # one pass draws every synthesized sample once
+        assert cfg.stages["sft3"].blend == {k: v.n for k, v in cfg.synth.items()}
+        assert all("paul_graham" not in v.docs for v in cfg.synth.values())  # the NIAH haystack stays unseen
+
+
 def test_recipe_checks_name_the_bad_field(tmp_path):
     base = {"model": "m", "datasets": {"a": "a.jsonl"}, "stages": {"s1": {"blend": {"a": 1.0}}}}
     for change, field in [({"stages": {"s1": {"blend": {"b": 1.0}}}}, "stages.s1.blend.b"),

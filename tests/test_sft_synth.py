@@ -4,6 +4,7 @@ needle / cloze / records QA), and the held-out long-document QA evaluation plumb
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,14 @@ import pytest
 from longreach.data.readers import Document
 from longreach.errors import InputError
 from longreach.sft.synth import (
+    STATEMENT_TEMPLATES,
     SynthConfig,
     count_tokens,
     in_split,
     insert_at_boundary,
     load_docs,
     needle_facts,
+    statement_facts,
     synthesize,
 )
 
@@ -54,6 +57,38 @@ def test_needle_facts_have_distinct_keys_and_values():
     assert len({q for _, q, _ in facts}) == 5 and len({a for _, _, a in facts}) == 5
     fact, q, a = facts[0]
     assert fact.endswith(f" is {a}.") and q.startswith("What is the ") and len(a) == 4
+
+
+def test_statement_facts_bind_distinct_subjects_and_avoid_the_niah_needle():
+    for seed in range(40):
+        facts = statement_facts(np.random.default_rng(seed), 4)
+        assert len({q for _, q, _ in facts}) == 4 and len({f for f, _, _ in facts}) == 4
+        for fact, q, answer in facts:
+            assert answer == fact and q.endswith("?") and fact.endswith(".")
+            assert "best thing to do" not in fact.lower() and "san francisco" not in fact.lower()
+
+
+@pytest.mark.parametrize("construction", ["insert", "distractors"])
+def test_statement_samples_ask_one_subject_among_others_without_an_instruction(tok, docs, construction):
+    cfg = SynthConfig(qa="statement", construction=construction, lengths=[400, 900], n=4, facts=3,
+                      piece_tokens=150, seed=1)
+    for r in synthesize(cfg, tok, docs):
+        assert r["instruction"] == "" and r["answer"] == r["gold"]["text"]
+        assert r["context"].count(r["answer"]) == 1
+        assert r["tokens"] <= r["target_tokens"]
+        # the other facts are in the context too: same template, other subjects
+        template = next(f for f, q, _ in STATEMENT_TEMPLATES
+                        if re.fullmatch(_pattern(q), r["question"]))
+        subjects = {m[0] for m in re.findall(_pattern(template), r["context"])}
+        assert len(subjects) == 3
+
+
+def _pattern(template: str) -> str:
+    """A regex for a statement template: each {s} / {t} / {v} slot is a group of words without a period."""
+    out = re.escape(template)
+    for slot in ("s", "t", "v"):
+        out = out.replace(re.escape("{" + slot + "}"), r"([\w' ]+?)")
+    return out
 
 
 @pytest.mark.parametrize("qa, construction", [("needle", "insert"), ("needle", "distractors"),

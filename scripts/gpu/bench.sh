@@ -13,10 +13,14 @@
 #   bash scripts/gpu/bench.sh two-gpu     # 2 x H100: FSDP2 at 32K, context parallel at 128K/256K, vs one GPU
 #   bash scripts/gpu/bench.sh two-gpu-8b  # 2 x H100: 8B shape on two GPUs, longest with context parallel
 #   bash scripts/gpu/bench.sh core        # 1 or 2 x H100: the headline rows of all of the above in one call
+#   bash scripts/gpu/bench.sh two-gpu-long  # 2 x H100: what `core` left: cp2 at 256K, longest on 2 GPUs (1B, 8B)
+#   bash scripts/gpu/bench.sh longest-8b    # 1 GPU: longest sequence per 8B layer count (2, 4, 8)
+#   bash scripts/gpu/bench.sh compile-long  # 1 GPU: torch.compile at SmolLM2 128K and 1B 64K, each with its baseline
+# (one-GPU plans may run beside other work on a 2-GPU host: CUDA_VISIBLE_DEVICES=1 bash scripts/gpu/bench.sh ...)
 # DRY=1 prints each invocation's jobs instead of running them (works on CPU).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-plan=${1:?usage: bench.sh fetch-wheels|smollm2|llama|longest|two-gpu|two-gpu-8b|core}
+plan=${1:?usage: bench.sh fetch-wheels|smollm2|llama|longest|two-gpu|two-gpu-8b|core|two-gpu-long|longest-8b|compile-long}
 PY=${PY:-python3}
 
 if [ "$plan" = fetch-wheels ]; then
@@ -91,6 +95,24 @@ case "$plan" in
       bench --shapes llama3.2-1b --lengths 32k --layouts "dp2" --variants "ours:ac=attn" --steps 2 --budget-s 40
       bench --shapes llama3.2-1b --lengths 128k,256k --layouts "cp2" --variants "ours:ac=attn" --steps 2 --budget-s 100
     fi
+    ;;
+  two-gpu-long)  # ~7.5 min: issue 8's rows that `core` did not reach
+    gpu_tests
+    bench --shapes llama3.2-1b --lengths 256k --layouts "cp2;1" --variants "ours:ac=attn" --steps 1 --budget-s 110
+    bench --shapes llama3.2-1b --lengths 256k --layouts cp2 --variants "ours" --warmup 0 --steps 1 --longest \
+      --longest-layouts cp2 --longest-start 384k --longest-growth 1.5 --longest-step 64k --budget-s 170
+    bench --shapes llama3-8b --layers 4 --lengths 128k --layouts cp2 --variants "ours" --warmup 0 --steps 1 --longest \
+      --longest-layouts cp2 --longest-start 256k --longest-growth 1.5 --longest-step 64k --budget-s 150
+    ;;
+  longest-8b)  # ~4 min: longest sequence on one GPU per 8B layer count
+    for layers in 2 4 8; do
+      bench --shapes llama3-8b --layers $layers --lengths 32k --warmup 0 --steps 1 --longest --variants "ours:offload=1" \
+        --longest-variant "ours:offload=1" --longest-start 128k --longest-growth 1.5 --longest-step 16k --budget-s 75
+    done
+    ;;
+  compile-long)  # ~4.5 min: does compile reach the 128K target (>= 23K tok/s) and 45% MFU at 64K for 1B?
+    bench --shapes smollm2-135m --lengths 128k --variants "ours:ac=attn;ours:ac=attn,compile=1" --steps 2 --budget-s 130
+    bench --shapes llama3.2-1b --lengths 64k --variants "ours:ac=attn;ours:ac=attn,compile=1" --steps 2 --budget-s 130
     ;;
   *) echo "unknown plan $plan" >&2; exit 2 ;;
 esac

@@ -18,6 +18,11 @@
 #   carry .stage/whl-assets .stage/sftpack:
 #                                      bash scripts/gpu/smollm2_pipeline.sh setup sft3 eval-sft baselines
 # (2026-11-25 on an H100: 332 s, 445 s, and > 600 s for the third; split it in two. docs/RESULTS.md.)
+# Milestone A as measured on 2026-11-26 (docs/RESULTS.md; two GPUs: one stream per GPU, see docs/LOG.md):
+#   carry .whl .stage/gguf-a .stage/whl-assets:   setup stage-a
+#   carry .stage/gguf-b .stage/corpus:            stage-b corpus, sftdata (CPU, in the background), then
+#     SFT_CONFIG=configs/smollm2-135m-32k-sft.yaml SFT_DATA=$WORK/sftdata: prepare32 extend train32 wait32 sft3
+#   then the second pass: SFT_SET="--set stages.sft3.train.max_steps=102" ... sft3, and eval-sft eval-unseen
 # The self-chat lever (instruct behaviour kept by mixing the model's own chat answers into the long data):
 #   carry .stage/corpus (+ the GGUF parts as above), then
 #   bash scripts/gpu/smollm2_pipeline.sh corpus selfchat prepare32-chat extend
@@ -48,7 +53,9 @@ SELFCHAT_N=${SELFCHAT_N:-2000}
 BASE128=$WORK/smollm2-128k-base
 CPT128=${CPT128:-$WORK/cpt-128k}
 LENGTHS128=${LENGTHS128:-1000,4000,8000,16000,32000,48000,64000,96000,128000}
-SFT=$WORK/sft
+SFT=${SFT:-$WORK/sft}
+SFT_NAME=${SFT_NAME:-sft3}  # names its eval outputs (two SFT runs side by side on two GPUs)
+SFT_DATA=${SFT_DATA:-}  # made by step sftdata: copied into $SFT instead of building the data again
 LQA_LENGTHS=${LQA_LENGTHS:-8000,16000,32000}
 SFT_CONFIG=${SFT_CONFIG:-configs/sft-smollm2-longqa.yaml}
 LQA_FORMAT=${LQA_FORMAT:-template}  # as configs/sft-smollm2-longqa.yaml tunes
@@ -131,6 +138,7 @@ train_run() {  # NAME CONFIG MODEL DATA RUN: one `longreach train`, its log and 
 }
 step_train32() {
   train_run train32 configs/smollm2-135m-32k.yaml "$BASE32" "$DATA32" "$CPT32"
+  [ -z "$(need_ckpt "$CPT32")" ] || touch "$WORK/.train32-done"
 }
 step_eval32() {  # the trained model: both scorings; the base-change-only model: log-prob
   local m; m=$(need_ckpt "$CPT32"); [ -n "$m" ] || return 0
@@ -143,12 +151,19 @@ step_eval32() {  # the trained model: both scorings; the base-change-only model:
     --distractor-subject "old shed" --distractor-subject "side window"
   niah base32 "$BASE32" "$LENGTHS32" logprob
 }
+step_eval32-gen() {  # the trained 32K model, generation only
+  local m; m=$(need_ckpt "$CPT32"); [ -n "$m" ] || return 0
+  niah cpt32 "$m" "$LENGTHS32" generate
+}
 step_ppl() {  # short-context retention: perplexity by position on text none of the models trained on
   local m; m=$(need_ckpt "$CPT32"); [ -n "$m" ] || return 0
-  local essays; essays=$($PY -c "from longreach import assets; print(assets.paul_graham_essays())")
-  timed LR eval ppl --model "${ORIG_MODEL:-$GGUF}" --model "$BASE32" --model "$m" --text "$essays" \
-    --length "${PPL_LEN:-4096}" --sequences 8 --out "$WORK/eval/ppl-short" > "$WORK/eval/ppl-short.log" 2>&1 \
-    || log "  FAILED ppl"
+  local essays d s extra=(); essays=$($PY -c "from longreach import assets; print(assets.paul_graham_essays())")
+  for d in ${PPL_SFT_DIRS:-}; do  # SFT runs too (their final checkpoints), when they exist
+    s=$(latest_ckpt "$d/sft3"); [ -z "$s" ] || extra+=(--model "$s")
+  done
+  timed LR eval ppl --model "${ORIG_MODEL:-$GGUF}" --model "$BASE32" --model "$m" ${extra[@]+"${extra[@]}"} \
+    --text "$essays" --length "${PPL_LEN:-4096}" --sequences 8 --out "$WORK/eval/ppl-short" \
+    > "$WORK/eval/ppl-short.log" 2>&1 || log "  FAILED ppl"
   keep eval/ppl-short eval/ppl-short.log
 }
 step_baselines() {  # the original model: its 8K window, and beyond it
@@ -169,6 +184,11 @@ step_prepare32-chat() {  # the corpus plus the self-chat samples (their own sour
     --tokenizer "${ORIG_MODEL:-$GGUF}" --seq-len "${SEQ32:-32768}" --out "$STAGE/shards-32k-chat" --workers 8 \
     --overwrite 2>&1 | tail -1 | cut -c1-600 | tee -a "$OUT/pipeline.log" || log "  FAILED prepare32-chat"
 }
+step_prepare32() {  # the 32K continued-pretraining data, made on the GPU host from the carried corpus
+  timed LR data prepare --input "$STAGE/corpus" --tokenizer "${ORIG_MODEL:-$GGUF}" --seq-len "${SEQ32:-32768}" \
+    --out "$STAGE/shards-32k" --workers 8 --overwrite 2>&1 | tail -1 | cut -c1-400 | tee -a "$OUT/pipeline.log" \
+    || log "  FAILED prepare32"
+}
 step_prepare128() {  # milestone B data: the same corpus packed at 128K
   timed LR data prepare --input "$STAGE/corpus" --tokenizer "${ORIG_MODEL:-$GGUF}" --seq-len "${SEQ128:-131072}" \
     --out "$STAGE/shards-128k" --workers 8 --overwrite 2>&1 | tail -1 | cut -c1-400 | tee -a "$OUT/pipeline.log" \
@@ -188,15 +208,40 @@ step_eval128() {
   niah cpt128 "$m" "$LENGTHS128" generate
   niah cpt128 "$m" "$LENGTHS128" logprob
 }
-step_sft3() {  # issue 7: stages 2 and 3 on long QA synthesized from real documents, from the 32K model
+debian_docs() {  # the Debian documentation the SFT configs name, from the carried corpus where not installed
+  local name dir
+  for name in linux-doc python-doc; do
+    dir=$($PY -c "from longreach.sft.synth import DEBIAN_DOCS; print(DEBIAN_DOCS['$name'][1])")
+    if [ ! -d "$dir" ] && [ -d "$STAGE/corpus/$name" ]; then mkdir -p "$(dirname "$dir")" && ln -s "$STAGE/corpus/$name" "$dir"; fi
+  done
+}
+step_sftdata() {  # SFT data and shards (CPU only; runs beside the GPU steps): $WORK/sftdata, then a marker
+  debian_docs
+  timed LR sft --config "$SFT_CONFIG" --set model="${ORIG_MODEL:-$GGUF}" --set out="$WORK/sftdata" --prepare-only \
+    > "$WORK/sftdata.log" 2>&1 || log "  FAILED sft data (see sftdata.log)"
+  tail -2 "$WORK/sftdata.log" | cut -c1-600 | tee -a "$OUT/pipeline.log"
+  keep sftdata.log && touch "$WORK/.sftdata-done"
+}
+step_wait32() {  # another GPU's steps: wait for the 32K model and the SFT data (at most WAIT_S seconds)
+  local t0=$SECONDS
+  until [ -e "$WORK/.train32-done" ] && [ -e "$WORK/.sftdata-done" ]; do
+    [ $((SECONDS - t0)) -lt "${WAIT_S:-420}" ] || { log "  gave up waiting for train32 / sftdata"; return 0; }
+    sleep 5
+  done
+  log "  waited $((SECONDS - t0)) s"
+}
+step_sft3() {  # long-context SFT from the 32K model (issue 7's stages 2-3, or issue 4's SFT lever by SFT_CONFIG)
   local m; m=$(need_ckpt "$CPT32"); [ -n "$m" ] || return 0
   mkdir -p "$SFT"
-  # data and shards made on the CPU machine (--prepare-only), reused while their fingerprints match
+  # data and shards made beforehand (--prepare-only), reused while their fingerprints match
   [ -f .stage/sftpack/sft.tar.xz ] && tar -C "$SFT" -xJf .stage/sftpack/sft.tar.xz
+  if [ -n "$SFT_DATA" ] && [ -d "$SFT_DATA/data" ]; then
+    (cd "$SFT_DATA" && cp -r --parents data */shards "$SFT"/)
+  fi
   timed LR sft --config "$SFT_CONFIG" --set model="$m" --set out="$SFT" ${SFT_SET:-} \
-    > "$WORK/sft.log" 2>&1 || log "  FAILED sft (see sft.log)"
-  tail -3 "$WORK/sft.log" | tee -a "$OUT/pipeline.log"
-  keep sft.log "$(basename "$SFT")/sft2/metrics.jsonl" "$(basename "$SFT")/sft3/metrics.jsonl"
+    > "$WORK/$SFT_NAME.log" 2>&1 || log "  FAILED sft (see $SFT_NAME.log)"
+  tail -3 "$WORK/$SFT_NAME.log" | cut -c1-800 | tee -a "$OUT/pipeline.log"
+  keep "$SFT_NAME.log" $(cd "$WORK" && ls -d "$(basename "$SFT")"/*/metrics.jsonl 2>/dev/null)
 }
 long_qa() {  # NAME MODEL LENGTHS: answer accuracy on held-out documents (greedy, the chat template)
   timed LR sft eval-long-qa --model "$2" --format "$LQA_FORMAT" --lengths "$3" --n "${LQA_N:-20}" --batch-size 4 \
@@ -207,15 +252,25 @@ long_qa() {  # NAME MODEL LENGTHS: answer accuracy on held-out documents (greedy
 }
 step_eval-sft() {
   local s c; s=$(need_ckpt "$SFT/sft3"); c=$(need_ckpt "$CPT32")
-  [ -n "$s" ] && long_qa sft3 "$s" "$LQA_LENGTHS"
-  [ -n "$c" ] && long_qa cpt32 "$c" "$LQA_LENGTHS"
+  [ -n "$s" ] && long_qa "$SFT_NAME" "$s" "$LQA_LENGTHS"
+  [ -n "$c" ] && [ -z "${SKIP_CPT_QA:-}" ] && long_qa cpt32 "$c" "$LQA_LENGTHS"
   [ -n "$s" ] || return 0
-  niah sft3 "$s" "$LENGTHS32" generate
-  niah sft3 "$s" "$LENGTHS32" logprob
-  long_qa orig "${ORIG_MODEL:-$GGUF}" "${LQA_LENGTHS%%,*}"
+  niah "$SFT_NAME" "$s" "$LENGTHS32" generate
+  niah "$SFT_NAME" "$s" "$LENGTHS32" logprob
+  [ -n "${SKIP_ORIG_QA:-}" ] || long_qa orig "${ORIG_MODEL:-$GGUF}" "${LQA_LENGTHS%%,*}"
+}
+step_eval-unseen() {  # the SFT model on needles unlike any it was tuned on: a "where" fact, and a pass key
+  local s; s=$(need_ckpt "$SFT/sft3"); [ -n "$s" ] || return 0
+  niah "$SFT_NAME-ring" "$s" "$LENGTHS32" generate \
+    --needle "Anna's grandmother hid her wedding ring inside the blue teapot on the top kitchen shelf." \
+    --question "Where did Anna's grandmother hide her wedding ring?" \
+    --answer "inside the blue teapot on the top kitchen shelf" --subject "Anna's grandmother"
+  niah "$SFT_NAME-passkey" "$s" "$LENGTHS32" generate \
+    --needle "The pass key of the red door is {key}. Remember it. {key} is the pass key of the red door." \
+    --question "What is the pass key of the red door?" --answer "{key}" --subject "red door"
 }
 
-[ $# -gt 0 ] || { echo "usage: smollm2_pipeline.sh STEP... (setup stage-a stage-b corpus selfchat prepare32-chat extend train32 eval32 ppl prepare128 extend128 train128 eval128 sft3 eval-sft baselines)" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: smollm2_pipeline.sh STEP... (setup stage-a stage-b corpus prepare32 selfchat prepare32-chat extend train32 eval32 eval32-gen ppl prepare128 extend128 train128 eval128 sftdata wait32 sft3 eval-sft eval-unseen baselines)" >&2; exit 2; }
 for s in "$@"; do
   log "step $s"
   "step_$s"

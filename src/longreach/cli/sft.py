@@ -46,8 +46,8 @@ def sft(
     print(json.dumps(recipe.run(recipe.load(config, list(set_ or [])), prepare_only=prepare_only)))
 
 
-Doc = Annotated[list[str] | None, typer.Option("--docs", help="real text: a path, gutenberg, paul_graham or "
-                                                             "linux-doc (repeatable)")]
+Doc = Annotated[list[str] | None, typer.Option("--docs", help="real text: a path, gutenberg, paul_graham, "
+                                                             "linux-doc or python-doc (repeatable)")]
 
 
 @sft_app.command("tiny-model")

@@ -63,12 +63,33 @@ def tokenizer_hash(tok: Any) -> str:
 
     Runtime settings (padding, truncation) and the post-processor / decoder (which transformers may rewrite
     on load, and which do not change the ids of plain text) are left out, so the same tokenizer loaded from
-    a model folder or from its tokenizer.json hashes the same.
+    a model folder or from its tokenizer.json hashes the same; `_canonical` removes the other spellings that
+    do not change ids (seen: one GGUF converted by transformers 5.17 and 5.24).
     """
     spec = json.loads(_backend_json(tok))
-    canonical = json.dumps({k: spec.get(k) for k in _HASHED_PARTS}, sort_keys=True, ensure_ascii=False,
-                           separators=(",", ":"))
+    canonical = json.dumps(_canonical({k: spec.get(k) for k in _HASHED_PARTS}), sort_keys=True,
+                           ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _canonical(parts: dict[str, Any]) -> dict[str, Any]:
+    """One spelling for settings that give the same ids: an empty normalizer Sequence is no normalizer,
+    trim_offsets only moves offsets, "" affixes are none, and a byte-level BPE never meets an unknown byte, so
+    its unk_token / fuse_unk / byte_fallback never act."""
+    norm = parts.get("normalizer")
+    if isinstance(norm, dict) and norm.get("type") == "Sequence" and not norm.get("normalizers"):
+        parts["normalizer"] = None
+    pre = parts.get("pre_tokenizer")
+    if isinstance(pre, dict):
+        parts["pre_tokenizer"] = pre = {k: v for k, v in pre.items() if k != "trim_offsets"}
+    model = parts.get("model")
+    if isinstance(model, dict):
+        model = {k: (None if v == "" and k in ("continuing_subword_prefix", "end_of_word_suffix") else v)
+                 for k, v in model.items()}
+        if model.get("type") == "BPE" and isinstance(pre, dict) and pre.get("type") == "ByteLevel":
+            model = {k: v for k, v in model.items() if k not in ("unk_token", "fuse_unk", "byte_fallback")}
+        parts["model"] = model
+    return parts
 
 
 def vocab_size(tok: Any) -> int:

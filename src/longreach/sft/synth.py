@@ -14,6 +14,12 @@ Where the QA pairs come from (`qa`):
 - needle: SYNTHETIC key-value facts ("The secret code of the blue door is 4821.") placed in real text, asked
   back ("What is the secret code of the blue door?" -> "4821"); `facts - 1` other facts with other keys are
   placed too, so copying any number is not enough.
+- statement: SYNTHETIC sentence facts with a phrase for an answer ("Mara's favourite way to spend a rainy
+  afternoon is to bake bread and listen to jazz records by the fireplace."), asked back without an instruction
+  ("What is Mara's favourite way to spend a rainy afternoon?") and answered by restating the sentence; the
+  other facts share the template with other subjects, so the answer must be bound to the asked subject. It
+  teaches needle-in-a-haystack retrieval in the answer form a chat user expects, with templates, subjects and
+  phrases that are not the NIAH test's (no city, no "best thing to do"; `STATEMENT_TEMPLATES`).
 - cloze: SYNTHETIC questions on real text: a paragraph of a real document is the gold passage and one of its
   sentences is asked back with a word blanked out.
 
@@ -41,7 +47,7 @@ UNIT_TOKENS = 64  # tokens per unit of text (whole sentences) from which haystac
 SEP_TOKENS = 2  # tokens counted for the blank line between two documents
 GOLD_TOKENS = 96  # cloze: tokens of the real paragraph used as the gold passage
 LONG_BIN = 32768  # contexts below this many tokens are "<32K", the others "32K-128K" (the paper's two sets)
-QA_KINDS = ("needle", "cloze", "records")
+QA_KINDS = ("needle", "statement", "cloze", "records")
 CONSTRUCTIONS = ("insert", "distractors")
 SPLITS = ("train", "heldout", "all")
 
@@ -61,18 +67,24 @@ class SynthConfig:
     seed: int = 0  # same seed, same samples
 
 
+DEBIAN_DOCS = {  # Debian packages' reStructuredText sources (.rst.txt), the long technical text of RECIPE.md
+    "linux-doc": ("linux-doc-6.1", "/usr/share/doc/linux-doc-6.1/html/_sources"),
+    "python-doc": ("python3.11-doc", "/usr/share/doc/python3.11/html/_sources"),
+}
+
+
 def named_docs(name: str) -> Path:
-    """A path for a document name: gutenberg, paul_graham, linux-doc (Debian package), or a path itself."""
+    """A path for a document name: gutenberg, paul_graham, linux-doc, python-doc (Debian), or a path itself."""
     from longreach import assets
     if name == "gutenberg":
         return assets.gutenberg_texts()
     if name == "paul_graham":
         return assets.paul_graham_essays()
-    if name == "linux-doc":
-        p = Path("/usr/share/doc/linux-doc-6.1/Documentation")
-        if not p.is_dir():
-            raise InputError("Debian package linux-doc-6.1 is not installed (apt-get install linux-doc-6.1)")
-        return p
+    if name in DEBIAN_DOCS:
+        package, folder = DEBIAN_DOCS[name]
+        if not Path(folder).is_dir():
+            raise InputError(f"Debian package {package} is not installed (apt-get install {package})")
+        return Path(folder)
     return Path(name)
 
 
@@ -206,6 +218,62 @@ def needle_facts(rng: np.random.Generator, n: int) -> list[tuple[str, str, str]]
     return out
 
 
+# statement facts: (fact, question) with {s} the subject and {v} the value phrase; no template asks about a
+# city or "the best thing to do", so the default NIAH needle stays unseen
+STATEMENT_TEMPLATES = [
+    ("{s}'s favourite way to spend {t} is to {v}.", "What is {s}'s favourite way to spend {t}?", "person"),
+    ("The secret to a perfect {s} is to {v}.", "What is the secret to a perfect {s}?", "dish"),
+    ("The first rule of the {s} is to {v}.", "What is the first rule of the {s}?", "club"),
+    ("The quickest way to reach the {s} is to {v}.", "What is the quickest way to reach the {s}?",
+     "landmark"),
+    ("Before every match, the captain of the {s} likes to {v}.",
+     "What does the captain of the {s} like to do before every match?", "team"),
+    ("On the last day of the festival, the people of {s} {v}.",
+     "What do the people of {s} do on the last day of the festival?", "village"),
+]
+_SUBJECTS = {
+    "person": ["Mara", "Tobias", "Ines", "Oskar", "Priya", "Lucas", "Hanna", "Mateo", "Yuki", "Elena",
+               "Samir", "Greta", "Jonah", "Leila", "Felix", "Ada"],
+    "dish": ["lentil soup", "apple pie", "fish stew", "risotto", "pancake", "curry", "bread loaf", "omelette",
+             "dumpling", "plum cake", "goulash", "pea soup"],
+    "club": ["chess club", "rowing club", "book club", "choir", "hiking club", "photography club",
+             "garden society", "astronomy club", "debate club", "knitting circle"],
+    "landmark": ["old lighthouse", "north tower", "stone bridge", "clock tower", "harbour wall",
+                 "abbey ruins", "windmill", "summit cabin", "salt mine", "observatory"],
+    "team": ["river rovers", "hill foxes", "grey herons", "red lanterns", "iron badgers", "blue comets",
+             "marsh owls", "copper kites"],
+    "village": ["Eldham", "Brackwater", "Sorvik", "Hollin", "Marrow Cross", "Tavistead", "Quillon",
+                "Ashby Vale"],
+}
+_TIMES = ["a rainy afternoon", "a cold winter evening", "an early spring morning", "a quiet Sunday",
+          "a long summer night", "a foggy autumn day"]
+_ACTIONS = ["bake bread", "read old letters", "walk the dog", "play chess", "listen to jazz records",
+            "fly a kite", "plant tulips", "fix an old bicycle", "feed the ducks", "sing folk songs",
+            "paint the fence", "knit a scarf", "watch the boats", "carve a wooden spoon", "brew nettle tea",
+            "polish the brass lamps", "count the stars", "ring the bells", "climb the ladder",
+            "sort the seeds", "whistle a tune", "light a candle", "soak the beans overnight", "stir it slowly"]
+_PLACES = ["by the fireplace", "in the attic", "on the porch", "at the harbour", "under the oak tree",
+           "beside the river", "near the old mill", "in the greenhouse", "on the roof", "behind the barn",
+           "in the cellar", "at the crossroads"]
+_WHENS = ["at dawn", "after dinner", "before the first frost", "at midnight", "while it rains",
+          "on a windy day", "when the tide is low", "at noon"]
+
+
+def statement_facts(rng: np.random.Generator, n: int) -> list[tuple[str, str, str]]:
+    """n synthetic sentence facts (fact, question, answer = the fact) of one template with distinct subjects
+    and distinct value phrases ("{action} and {action} {place} {when}")."""
+    fact_t, question_t, kind = STATEMENT_TEMPLATES[int(rng.integers(len(STATEMENT_TEMPLATES)))]
+    subjects = rng.choice(_SUBJECTS[kind], size=n, replace=False)
+    t = _TIMES[int(rng.integers(len(_TIMES)))]
+    out = []
+    for s in subjects:
+        a, b = rng.choice(_ACTIONS, size=2, replace=False)
+        v = f"{a} and {b} {_PLACES[int(rng.integers(len(_PLACES)))]} {_WHENS[int(rng.integers(len(_WHENS)))]}"
+        fact = fact_t.format(s=s, t=t, v=v)
+        out.append((fact, question_t.format(s=s, t=t), fact))
+    return out
+
+
 _WORD = re.compile(r"[A-Za-z]{6,}")
 
 
@@ -272,10 +340,12 @@ def make_sample(cfg: SynthConfig, pool: DocPool, length: int, rng: np.random.Gen
     others: list[str] = []
     sentence = None
     instruction: str | None = SHORT_SPAN
-    if cfg.qa == "needle":
-        facts = needle_facts(rng, max(1, cfg.facts))
+    if cfg.qa in ("needle", "statement"):
+        facts = (needle_facts if cfg.qa == "needle" else statement_facts)(rng, max(1, cfg.facts))
         gold, question, answer = facts[0]
         others = [f for f, _, _ in facts[1:]]
+        if cfg.qa == "statement":
+            instruction = ""  # asked as a NIAH question is: the question alone, the answer a sentence
     elif cfg.qa == "cloze":
         gold, _, _ = pool.run(rng, GOLD_TOKENS)
         qa = cloze_question(gold, rng)
@@ -299,7 +369,7 @@ def make_sample(cfg: SynthConfig, pool: DocPool, length: int, rng: np.random.Gen
         context = insert_at_boundary(hay, gold, rng, depth)
     else:
         gold_doc = gold
-        if cfg.qa == "needle":  # a fact alone is not a document: it goes into a real stretch of text
+        if cfg.qa in ("needle", "statement"):  # a fact alone is not a document: it goes into real text
             piece, n, _ = pool.run(rng, min(cfg.piece_tokens, budget))
             gold_doc = insert_at_boundary(piece, gold, rng)
             budget -= n
@@ -312,8 +382,8 @@ def make_sample(cfg: SynthConfig, pool: DocPool, length: int, rng: np.random.Gen
            "qa": cfg.qa, "construction": cfg.construction, "target_tokens": length, "tokens": tokens,
            "length_bin": "<32K" if tokens < LONG_BIN else "32K-128K",
            "gold": {**locate(context, gold), "text": gold}, "sources": sorted(set(sources))}
-    if instruction:
-        rec["instruction"] = instruction
+    if instruction is not None:
+        rec["instruction"] = instruction  # "" asks the question alone
     return rec
 
 

@@ -44,6 +44,26 @@ def test_passkey_document_ends_like_the_niah_prompt():
     assert demo.lead_in() == "The pass key is"
 
 
+def test_passkey_lengths_fill_one_sequence():
+    rng = random.Random(0)
+    assert demo.passkey_lengths(rng, 2045, 3, 1) == [2045]
+    counts = set()
+    for _ in range(500):
+        lengths = demo.passkey_lengths(rng, 2045, 3, 4)
+        counts.add(len(lengths))
+        assert sum(lengths) + 3 * (len(lengths) - 1) == 2045 and min(lengths) >= 96
+    assert counts == {1, 2, 3, 4}
+
+
+def test_named_passkey_document_asks_every_key_once():
+    keys = [("red door", "12345", 10.0), ("blue box", "67890", 60.0), ("old mill", "24680", 95.0)]
+    doc = demo.named_passkey_document(PROSE[:600], keys, random.Random(0))
+    for name, key, _ in keys:
+        assert doc.count(f"The pass key of the {name} is {key}. Remember it.") == 1  # the needle
+        assert doc.count(f"Answer: The pass key of the {name} is {key}.") == 1  # its question, after all needles
+        assert doc.index(f"Question: What is the pass key of the {name}?") > doc.rindex("Remember it.")
+
+
 def test_tokenizer_splits_keys_into_digits_and_collapses_spaces():
     tok = demo.build_tokenizer([PROSE], vocab_size=400, seed=0)
     pieces = tok.convert_ids_to_tokens(tok(" 48213.", add_special_tokens=False)["input_ids"])
@@ -126,9 +146,11 @@ def test_demo_runs_end_to_end_at_a_tiny_size(tiny_plays, tmp_path):
     for i in range(len(shards)):
         assert shards.doc_starts(i)[0] == 0
         text = tok.decode(shards[i]["input_ids"])
-        if "Question:" in text:
-            key = text.split("The pass key is ")[1][:5]
-            assert text.endswith(f"Answer: The pass key is {key}.\n<s>")
+        assert text.endswith("<s>")  # the sequence ends where its last document does
+        for doc in text.split("<s>")[:-1]:
+            if "Question:" in doc:
+                key = doc.split("The pass key is ")[1][:5]
+                assert doc.endswith(f"Answer: The pass key is {key}.\n")
     # the extended model is the trained one: its weights differ from the base-change model's
     from safetensors.numpy import load_file
     a = load_file(out / "models" / "base-change" / "model.safetensors")

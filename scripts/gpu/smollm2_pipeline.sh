@@ -23,12 +23,15 @@
 #   carry .stage/gguf-b .stage/corpus:            stage-b corpus, sftdata (CPU, in the background), then
 #     SFT_CONFIG=configs/smollm2-135m-32k-sft.yaml SFT_DATA=$WORK/sftdata: prepare32 extend train32 wait32 sft3
 #   then the second pass: SFT_SET="--set stages.sft3.train.max_steps=102" ... sft3, and eval-sft eval-unseen
+# Milestone B (not run yet; ~20 device minutes on one GPU, in calls of <= 10 minutes), after the 32K steps:
+#   corpus prepare128 extend128 train128
+#   C=configs/smollm2-135m-128k-sft.yaml; SFT_CONFIG=$C SFTDATA_OUT=$WORK/sftdata128 ... sftdata
+#   SFT_CONFIG=$C SFT_DATA=$WORK/sftdata128 SFT_FROM=$WORK/cpt-128k SFT=$WORK/sft128 SFT_NAME=sft128 ... sft3
+#   EVAL128_SFT=1 SFT=$WORK/sft128 SFT_NAME=sft128 ... eval128
 # The self-chat lever (instruct behaviour kept by mixing the model's own chat answers into the long data):
 #   carry .stage/corpus (+ the GGUF parts as above), then
 #   bash scripts/gpu/smollm2_pipeline.sh corpus selfchat prepare32-chat extend
 #   DATA32=/root/stage/shards-32k-chat CPT32=/root/work/cpt-32k-chat bash scripts/gpu/smollm2_pipeline.sh train32 eval32
-# Milestone B (128K), after a 32K model exists (~6 min on an H100 by the measured 22.4K tok/s):
-#   bash scripts/gpu/smollm2_pipeline.sh corpus prepare128 extend128 train128 eval128
 # Every step appends its outputs to $OUT/results.tar (one file back, whatever the number of results) and its
 # log to $OUT/pipeline.log. SMOKE=1 runs the same steps at toy size on CPU (STAGE/WORK/OUT under /tmp, PY=python;
 # see docs/LOG.md for the smoke runs). A failed command is logged (exit code) and the next steps still run.
@@ -203,10 +206,12 @@ step_extend128() {  # 32K -> 128K: the trained 32K model, base raised to the bou
 step_train128() {
   train_run train128 configs/smollm2-135m-128k.yaml "$BASE128" "$STAGE/shards-128k" "$CPT128"
 }
-step_eval128() {
-  local m; m=$(need_ckpt "$CPT128"); [ -n "$m" ] || return 0
-  niah cpt128 "$m" "$LENGTHS128" generate
-  niah cpt128 "$m" "$LENGTHS128" logprob
+step_eval128() {  # the 128K continued-pretraining model; with EVAL128_SFT=1 the SFT run in $SFT instead
+  local m name=cpt128
+  if [ -n "${EVAL128_SFT:-}" ]; then m=$(need_ckpt "$SFT/sft3"); name=$SFT_NAME; else m=$(need_ckpt "$CPT128"); fi
+  [ -n "$m" ] || return 0
+  niah "$name" "$m" "$LENGTHS128" generate
+  niah "$name" "$m" "$LENGTHS128" logprob
 }
 debian_docs() {  # the Debian documentation the SFT configs name, from the carried corpus where not installed
   local name dir
@@ -217,7 +222,7 @@ debian_docs() {  # the Debian documentation the SFT configs name, from the carri
 }
 step_sftdata() {  # SFT data and shards (CPU only; runs beside the GPU steps): $WORK/sftdata, then a marker
   debian_docs
-  timed LR sft --config "$SFT_CONFIG" --set model="${ORIG_MODEL:-$GGUF}" --set out="$WORK/sftdata" --prepare-only \
+  timed LR sft --config "$SFT_CONFIG" --set model="${ORIG_MODEL:-$GGUF}" --set out="${SFTDATA_OUT:-$WORK/sftdata}" --prepare-only \
     > "$WORK/sftdata.log" 2>&1 || log "  FAILED sft data (see sftdata.log)"
   tail -2 "$WORK/sftdata.log" | cut -c1-600 | tee -a "$OUT/pipeline.log"
   keep sftdata.log && touch "$WORK/.sftdata-done"
@@ -230,8 +235,9 @@ step_wait32() {  # another GPU's steps: wait for the 32K model and the SFT data 
   done
   log "  waited $((SECONDS - t0)) s"
 }
-step_sft3() {  # long-context SFT from the 32K model (issue 7's stages 2-3, or issue 4's SFT lever by SFT_CONFIG)
-  local m; m=$(need_ckpt "$CPT32"); [ -n "$m" ] || return 0
+step_sft3() {  # long-context SFT from the 32K model (issue 7's stages 2-3, or issue 4's SFT lever by SFT_CONFIG;
+  # SFT_FROM=$CPT128 for milestone B's 128K SFT)
+  local m; m=$(need_ckpt "${SFT_FROM:-$CPT32}"); [ -n "$m" ] || return 0
   mkdir -p "$SFT"
   # data and shards made beforehand (--prepare-only), reused while their fingerprints match
   [ -f .stage/sftpack/sft.tar.xz ] && tar -C "$SFT" -xJf .stage/sftpack/sft.tar.xz

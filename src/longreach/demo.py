@@ -65,6 +65,11 @@ class ExtendStage:
     lr: float = 3e-4  # peak learning rate, warm-up then cosine to lr/10 (1e-3 first wipes out retrieval)
     warmup_steps: int = 20  # linear warm-up
     passkey_fraction: float = 0.8  # share of the extension corpus's tokens in pass-key documents
+    passkey_docs_max: int = 4  # pass-key documents per pass-key sequence: 1 to this many, random lengths (4:
+    # NIAH beyond L 0.44 against 0.14 with 1 on the dev CPU; more answers per step, docs/LOG.md)
+    named_fraction: float = 0.0  # share of pass-key sequences holding several named keys, each asked at the end
+    # (0.5 wiped retrieval out: 0.00 everywhere; kept for the record and further tries, docs/LOG.md)
+    named_keys: int = 6  # keys per such sequence ("The pass key of the red door is ..."): more long-range answers
 
 
 @dataclass
@@ -132,6 +137,24 @@ def passkey_document(filler: str, key: str, depth: float) -> str:
 
     text = insert_needle(filler, NEEDLE.replace("{key}", key), depth, int(len(filler) * depth / 100))
     return text + question_block() + f" {key}.\n"
+
+
+NAMES = ["red door", "blue box", "old mill", "green gate", "back room", "iron chest", "north tower", "tin lamp",
+         "stone well", "oak desk", "glass jar", "west wing"]
+
+
+def named_passkey_document(filler: str, keys: list[tuple[str, str, float]], rng: random.Random) -> str:
+    """Prose with one needle per (name, key, depth) and, at the end, each name's question and answer in a random
+    order: several long-range answers from one context (the NIAH prompt asks about one unnamed key)."""
+    from longreach.eval.niah import insert_needles, needle_position
+
+    placed = [(needle_position(filler, d, int(len(filler) * d / 100)), i,
+               f"The pass key of the {name} is {key}. Remember it. {key} is the pass key of the {name}.")
+              for i, (name, key, d) in enumerate(keys)]
+    asked = rng.sample(keys, len(keys))
+    return insert_needles(filler, placed) + "".join(
+        f"\n\nQuestion: What is the pass key of the {name}?\nAnswer: The pass key of the {name} is {key}."
+        for name, key, _ in asked) + "\n"
 
 
 def build_tokenizer(texts: list[str], vocab_size: int, seed: int = 0):
@@ -267,7 +290,8 @@ def write_corpus(cfg: DemoConfig, tok, target: int, corpus_dir: Path) -> dict[st
         return len(enc.encode(text, add_special_tokens=False).ids)
 
     plays = encode_batch(enc, [p.read_text(errors="replace") for p in gutenberg_files(held_out=False)])
-    weights = np.array([len(p) for p in plays], dtype=np.float64) / sum(len(p) for p in plays)
+    sizes = np.array([len(p) for p in plays])
+    weights = sizes / sizes.sum()
     rng, nprng = random.Random(cfg.seed), np.random.default_rng(cfg.seed)
     sep = count(SEP)
     unit = target - sep  # tokens of one document filling a sequence
@@ -275,8 +299,9 @@ def write_corpus(cfg: DemoConfig, tok, target: int, corpus_dir: Path) -> dict[st
     def exact(n: int, make) -> str:
         """Text of exactly n tokens from `make(m)` (m prose tokens): re-encoding decoded tokens can merge or
         split a few at the seams, so adjust m until the count is right (a fresh passage if it never is)."""
+        long_enough = weights * (sizes > n)  # a short text (one has 829 tokens) cannot hold n tokens
         for _ in range(20):
-            ids = plays[nprng.choice(len(plays), p=weights)]
+            ids = plays[nprng.choice(len(plays), p=long_enough / long_enough.sum())]
             start = int(nprng.integers(0, len(ids) - n))
             m = n
             for _ in range(6):
@@ -295,12 +320,35 @@ def write_corpus(cfg: DemoConfig, tok, target: int, corpus_dir: Path) -> dict[st
             room = unit - sep  # two passages and one more separator fill the sequence
             first = rng.randint(64, room - 64)
             f.writelines(json.dumps({"text": exact(n, lambda t: t)}) + "\n" for n in (first, room - first))
+    docs = 0
     with open(corpus_dir / "passkey.jsonl", "w") as f:
         for _ in range(n_passkey):
-            key, depth = make_key(rng, cfg.key_digits), rng.uniform(0, 100)
-            text = exact(unit, lambda t, k=key, d=depth: passkey_document(t, k, d))
-            f.write(json.dumps({"text": text}) + "\n")
-    return {"passkey_documents": n_passkey, "sequences": sequences, "separator_tokens": sep}
+            if rng.random() < e.named_fraction:
+                keys = [(name, make_key(rng, cfg.key_digits), rng.uniform(0, 100))
+                        for name in rng.sample(NAMES, min(e.named_keys, len(NAMES)))]
+                f.write(json.dumps({"text": exact(unit, lambda t, k=keys: named_passkey_document(t, k, rng))})
+                        + "\n")
+                docs += 1
+                continue
+            for n in passkey_lengths(rng, unit, sep, e.passkey_docs_max):
+                key, depth = make_key(rng, cfg.key_digits), rng.uniform(0, 100)
+                text = exact(n, lambda t, k=key, d=depth: passkey_document(t, k, d))
+                f.write(json.dumps({"text": text}) + "\n")
+                docs += 1
+    return {"passkey_documents": docs, "passkey_sequences": n_passkey, "sequences": sequences,
+            "separator_tokens": sep}
+
+
+def passkey_lengths(rng: random.Random, unit: int, sep: int, most: int, shortest: int = 96) -> list[int]:
+    """Token counts of the 1..`most` pass-key documents of one sequence: they and a separator after each but
+    the last fill `unit` tokens (one document: the whole sequence, so the longest distances stay covered)."""
+    k = rng.randint(1, max(1, min(most, unit // (shortest + sep))))
+    room = unit - (k - 1) * sep
+    cuts = sorted(rng.sample(range(shortest, room - shortest + 1), k - 1)) if k > 1 else []
+    lengths = [b - a for a, b in zip([0] + cuts, cuts + [room])]
+    if min(lengths) < shortest:  # cuts closer than `shortest`: fall back to equal parts
+        lengths = [room // k] * (k - 1) + [room - (room // k) * (k - 1)]
+    return lengths
 
 
 def niah(cfg: DemoConfig, model: Path, out: Path, lengths: list[int]) -> dict[str, Any]:

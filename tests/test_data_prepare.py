@@ -74,8 +74,8 @@ def test_hash_is_stable_and_special_strings_are_text(tiny_tokenizer, tmp_path):
 
 
 def test_hash_ignores_spellings_that_give_the_same_ids(tiny_tokenizer, tmp_path):
-    """transformers 5.17 and 5.24 convert SmolLM2's GGUF tokenizer with these differences (2026-11-26): the
-    ids are the same, so data made on one machine must train a model loaded on the other."""
+    """The spellings in which transformers 5.17 and 5.24 differ when they convert a GGUF tokenizer (seen
+    2026-11-26): with every byte in the vocabulary they give the same ids, so they must hash the same."""
     spec = json.loads((tiny_tokenizer / "tokenizer.json").read_text())
     spec["normalizer"] = {"type": "Sequence", "normalizers": []}
     spec["pre_tokenizer"]["trim_offsets"] = not spec["pre_tokenizer"].get("trim_offsets", True)
@@ -89,7 +89,28 @@ def test_hash_ignores_spellings_that_give_the_same_ids(tiny_tokenizer, tmp_path)
     assert tokenizer_hash(a) == tokenizer_hash(b)
     spec["pre_tokenizer"]["add_prefix_space"] = True  # this one changes ids, and the hash
     (tmp_path / "third.json").write_text(json.dumps(spec))
-    assert tokenizer_hash(load_tokenizer(tmp_path / "third.json")) != tokenizer_hash(a)
+    third = load_tokenizer(tmp_path / "third.json")
+    assert encode_batch(plain_text_encoder(third), ["fox"])[0].tolist() != encode_batch(
+        plain_text_encoder(a), ["fox"])[0].tolist()
+    assert tokenizer_hash(third) != tokenizer_hash(a)
+
+
+def test_hash_keeps_unk_settings_where_bytes_are_missing(tmp_path):
+    """A byte-level BPE trained without the full byte alphabet does meet unknown symbols: there unk_token
+    changes ids, so it must change the hash."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.add_special_tokens(["<unk>"])
+    tk.train_from_iterator(["hello world"] * 20, trainers.BpeTrainer(vocab_size=40, special_tokens=["<unk>"]))
+    spec = json.loads(tk.to_str())
+    (tmp_path / "plain.json").write_text(json.dumps(spec))
+    spec["model"]["unk_token"] = "<unk>"
+    (tmp_path / "unk.json").write_text(json.dumps(spec))
+    a, b = load_tokenizer(tmp_path / "plain.json"), load_tokenizer(tmp_path / "unk.json")
+    ids = [encode_batch(plain_text_encoder(t), ["hello zebra"])[0].tolist() for t in (a, b)]
+    assert ids[0] != ids[1] and tokenizer_hash(a) != tokenizer_hash(b)
 
 
 def test_workers_give_the_same_tokens_in_the_same_order(tiny_tokenizer):

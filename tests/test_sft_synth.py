@@ -68,6 +68,14 @@ def test_statement_facts_bind_distinct_subjects_and_avoid_the_niah_needle():
             assert "best thing to do" not in fact.lower() and "san francisco" not in fact.lower()
 
 
+def test_statement_facts_are_limited_by_the_templates_subjects():
+    from longreach.sft.synth import check_config
+    with pytest.raises(InputError) as e:
+        check_config(SynthConfig(qa="statement", facts=9))
+    assert e.value.field == "facts"
+    check_config(SynthConfig(qa="needle", facts=9))  # key-value needles have hundreds of keys
+
+
 @pytest.mark.parametrize("construction", ["insert", "distractors"])
 def test_statement_samples_ask_one_subject_among_others_without_an_instruction(tok, docs, construction):
     cfg = SynthConfig(qa="statement", construction=construction, lengths=[400, 900], n=4, facts=3,

@@ -21,13 +21,13 @@
 # Milestone A as measured on 2026-11-26 (docs/RESULTS.md; two GPUs: one stream per GPU, see docs/LOG.md):
 #   carry .whl .stage/gguf-a .stage/whl-assets:   setup stage-a
 #   carry .stage/gguf-b .stage/corpus:            stage-b corpus, sftdata (CPU, in the background), then
-#     SFT_CONFIG=configs/smollm2-135m-32k-sft.yaml SFT_DATA=$WORK/sftdata: prepare32 extend train32 wait32 sft3
+#     SFT_CONFIG=configs/smollm2-135m-32k-sft.yaml SFT_DATA=/root/work/sftdata: prepare32 extend train32 wait32 sft3
 #   then the second pass: SFT_SET="--set stages.sft3.train.max_steps=102" ... sft3, and eval-sft eval-unseen
 # Milestone B (not run yet; ~20 device minutes on one GPU, in calls of <= 10 minutes), after the 32K steps:
 #   corpus prepare128 extend128 train128
-#   C=configs/smollm2-135m-128k-sft.yaml; SFT_CONFIG=$C SFTDATA_OUT=$WORK/sftdata128 ... sftdata
-#   SFT_CONFIG=$C SFT_DATA=$WORK/sftdata128 SFT_FROM=$WORK/cpt-128k SFT=$WORK/sft128 SFT_NAME=sft128 ... sft3
-#   EVAL128_SFT=1 SFT=$WORK/sft128 SFT_NAME=sft128 ... eval128
+#   C=configs/smollm2-135m-128k-sft.yaml; W=/root/work; SFT_CONFIG=$C SFTDATA_OUT=$W/sftdata128 ... sftdata
+#   SFT_CONFIG=$C SFT_DATA=$W/sftdata128 SFT_FROM=$W/cpt-128k SFT=$W/sft128 SFT_NAME=sft128 ... sft3
+#   EVAL128_SFT=1 SFT=$W/sft128 SFT_NAME=sft128 ... eval128
 # The self-chat lever (instruct behaviour kept by mixing the model's own chat answers into the long data):
 #   carry .stage/corpus (+ the GGUF parts as above), then
 #   bash scripts/gpu/smollm2_pipeline.sh corpus selfchat prepare32-chat extend
@@ -140,6 +140,7 @@ train_run() {  # NAME CONFIG MODEL DATA RUN: one `longreach train`, its log and 
   keep "$name.log" "$(basename "$run")/metrics.jsonl"
 }
 step_train32() {
+  rm -f "$WORK/.train32-done"
   train_run train32 configs/smollm2-135m-32k.yaml "$BASE32" "$DATA32" "$CPT32"
   [ -z "$(need_ckpt "$CPT32")" ] || touch "$WORK/.train32-done"
 }
@@ -220,29 +221,37 @@ debian_docs() {  # the Debian documentation the SFT configs name, from the carri
     if [ ! -d "$dir" ] && [ -d "$STAGE/corpus/$name" ]; then mkdir -p "$(dirname "$dir")" && ln -s "$STAGE/corpus/$name" "$dir"; fi
   done
 }
-step_sftdata() {  # SFT data and shards (CPU only; runs beside the GPU steps): $WORK/sftdata, then a marker
+step_sftdata() {  # SFT data and shards (CPU only; may run beside the GPU steps, with its own OUT), then OUT/.done
+  local out=${SFTDATA_OUT:-$WORK/sftdata} name; name=$(basename "${SFTDATA_OUT:-$WORK/sftdata}")
+  rm -f "$out/.done"
   debian_docs
-  timed LR sft --config "$SFT_CONFIG" --set model="${ORIG_MODEL:-$GGUF}" --set out="${SFTDATA_OUT:-$WORK/sftdata}" --prepare-only \
-    > "$WORK/sftdata.log" 2>&1 || log "  FAILED sft data (see sftdata.log)"
-  tail -2 "$WORK/sftdata.log" | cut -c1-600 | tee -a "$OUT/pipeline.log"
-  keep sftdata.log && touch "$WORK/.sftdata-done"
+  if timed LR sft --config "$SFT_CONFIG" --set model="${ORIG_MODEL:-$GGUF}" --set out="$out" --prepare-only \
+      > "$WORK/$name.log" 2>&1; then
+    touch "$out/.done"
+  else
+    log "  FAILED sft data (see $name.log)"
+  fi
+  tail -2 "$WORK/$name.log" | cut -c1-600 | tee -a "$OUT/pipeline.log"
+  keep "$name.log"
 }
-step_wait32() {  # another GPU's steps: wait for the 32K model and the SFT data (at most WAIT_S seconds)
+step_wait32() {  # another stream's steps: wait for the 32K model and the SFT data in SFT_DATA (at most WAIT_S
+  # seconds); on a timeout the sft3 step of this run skips, rather than start from a half-trained model
   local t0=$SECONDS
-  until [ -e "$WORK/.train32-done" ] && [ -e "$WORK/.sftdata-done" ]; do
-    [ $((SECONDS - t0)) -lt "${WAIT_S:-420}" ] || { log "  gave up waiting for train32 / sftdata"; return 0; }
+  until [ -e "$WORK/.train32-done" ] && [ -e "${SFT_DATA:-$WORK/sftdata}/.done" ]; do
+    [ $((SECONDS - t0)) -lt "${WAIT_S:-420}" ] || { log "  gave up waiting for train32 / sftdata"; WAIT_FAILED=1; return 0; }
     sleep 5
   done
   log "  waited $((SECONDS - t0)) s"
 }
 step_sft3() {  # long-context SFT from the 32K model (issue 7's stages 2-3, or issue 4's SFT lever by SFT_CONFIG;
   # SFT_FROM=$CPT128 for milestone B's 128K SFT)
+  [ -z "${WAIT_FAILED:-}" ] || { log "  skipped: wait32 timed out"; return 0; }
   local m; m=$(need_ckpt "${SFT_FROM:-$CPT32}"); [ -n "$m" ] || return 0
   mkdir -p "$SFT"
   # data and shards made beforehand (--prepare-only), reused while their fingerprints match
   [ -f .stage/sftpack/sft.tar.xz ] && tar -C "$SFT" -xJf .stage/sftpack/sft.tar.xz
   if [ -n "$SFT_DATA" ] && [ -d "$SFT_DATA/data" ]; then
-    (cd "$SFT_DATA" && cp -r --parents data */shards "$SFT"/)
+    (cd "$SFT_DATA" && cp -r --parents data */shards "$SFT"/) || log "  could not copy the SFT data of $SFT_DATA"
   fi
   timed LR sft --config "$SFT_CONFIG" --set model="$m" --set out="$SFT" ${SFT_SET:-} \
     > "$WORK/$SFT_NAME.log" 2>&1 || log "  FAILED sft (see $SFT_NAME.log)"

@@ -64,7 +64,8 @@ def tokenizer_hash(tok: Any) -> str:
     Runtime settings (padding, truncation) and the post-processor / decoder (which transformers may rewrite
     on load, and which do not change the ids of plain text) are left out, so the same tokenizer loaded from
     a model folder or from its tokenizer.json hashes the same; `_canonical` removes the other spellings that
-    do not change ids (seen: one GGUF converted by transformers 5.17 and 5.24).
+    do not change ids. (SmolLM2's GGUF converted by transformers 5.17 and 5.24 still hashes differently: its
+    vocabulary lacks 21 byte symbols, e.g. 0x04, and the two conversions treat those differently.)
     """
     spec = json.loads(_backend_json(tok))
     canonical = json.dumps(_canonical({k: spec.get(k) for k in _HASHED_PARTS}), sort_keys=True,
@@ -74,8 +75,8 @@ def tokenizer_hash(tok: Any) -> str:
 
 def _canonical(parts: dict[str, Any]) -> dict[str, Any]:
     """One spelling for settings that give the same ids: an empty normalizer Sequence is no normalizer,
-    trim_offsets only moves offsets, "" affixes are none, and a byte-level BPE never meets an unknown byte, so
-    its unk_token / fuse_unk / byte_fallback never act."""
+    trim_offsets only moves offsets, "" affixes are none, and a byte-level BPE whose vocabulary holds all 256
+    byte characters never meets an unknown symbol, so its unk_token / fuse_unk / byte_fallback never act."""
     norm = parts.get("normalizer")
     if isinstance(norm, dict) and norm.get("type") == "Sequence" and not norm.get("normalizers"):
         parts["normalizer"] = None
@@ -86,10 +87,17 @@ def _canonical(parts: dict[str, Any]) -> dict[str, Any]:
     if isinstance(model, dict):
         model = {k: (None if v == "" and k in ("continuing_subword_prefix", "end_of_word_suffix") else v)
                  for k, v in model.items()}
-        if model.get("type") == "BPE" and isinstance(pre, dict) and pre.get("type") == "ByteLevel":
+        if (model.get("type") == "BPE" and isinstance(pre, dict) and pre.get("type") == "ByteLevel"
+                and _has_every_byte(model.get("vocab"))):
             model = {k: v for k, v in model.items() if k not in ("unk_token", "fuse_unk", "byte_fallback")}
         parts["model"] = model
     return parts
+
+
+def _has_every_byte(vocab: Any) -> bool:
+    from tokenizers import pre_tokenizers
+
+    return isinstance(vocab, dict) and set(pre_tokenizers.ByteLevel.alphabet()) <= set(vocab)
 
 
 def vocab_size(tok: Any) -> int:

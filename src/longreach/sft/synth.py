@@ -260,8 +260,8 @@ _WHENS = ["at dawn", "after dinner", "before the first frost", "at midnight", "w
 
 
 def statement_facts(rng: np.random.Generator, n: int) -> list[tuple[str, str, str]]:
-    """n synthetic sentence facts (fact, question, answer = the fact) of one template with distinct subjects
-    and distinct value phrases ("{action} and {action} {place} {when}")."""
+    """n synthetic sentence facts (fact, question, answer = the fact) of one template with distinct subjects;
+    each value phrase ("{action} and {action} {place} {when}") is drawn on its own."""
     fact_t, question_t, kind = STATEMENT_TEMPLATES[int(rng.integers(len(STATEMENT_TEMPLATES)))]
     subjects = rng.choice(_SUBJECTS[kind], size=n, replace=False)
     t = _TIMES[int(rng.integers(len(_TIMES)))]
@@ -400,6 +400,10 @@ def check_config(cfg: SynthConfig) -> None:
         raise InputError(f"lengths must be target token counts >= 16, got {cfg.lengths}", field="lengths")
     if cfg.n < 1:
         raise InputError(f"n must be >= 1, got {cfg.n}", field="n")
+    most = min(len(v) for v in _SUBJECTS.values())
+    if cfg.qa == "statement" and not 1 <= cfg.facts <= most:
+        raise InputError(f"qa=statement takes 1 to {most} facts per context (its templates' subjects), got "
+                         f"{cfg.facts}", field="facts")
 
 
 def synthesize(cfg: SynthConfig, tok: Any, docs: list[Any] | None = None, pool: DocPool | None = None,

@@ -60,8 +60,8 @@ class BaseStage:
 class ExtendStage:
     """Continued pretraining at 16 x L after the base change."""
 
-    steps: int = 600  # optimizer steps (one epoch: the corpus holds steps x micro_batch sequences)
-    micro_batch: int = 2  # sequences of 16 x L tokens per step (2 learned more per token than 8)
+    steps: int = 1200  # optimizer steps (one epoch: the corpus holds steps x micro_batch sequences)
+    micro_batch: int = 1  # sequences of 16 x L tokens per step (1 x 1,200 steps learned more than 2 x 600)
     lr: float = 3e-4  # peak learning rate, warm-up then cosine to lr/10 (1e-3 first wipes out retrieval)
     warmup_steps: int = 20  # linear warm-up
     passkey_fraction: float = 0.8  # share of the extension corpus's tokens in pass-key documents

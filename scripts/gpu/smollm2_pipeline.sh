@@ -85,6 +85,8 @@ need_ckpt() {  # RUN: its newest checkpoint, or an empty line and a log line (th
   echo "$m"
 }
 
+PASSKEY=(--needle "The pass key of the red door is {key}. Remember it. {key} is the pass key of the red door."
+         --question "What is the pass key of the red door?" --answer "{key}" --subject "red door")
 niah() {  # NAME MODEL LENGTHS MODE [extra eval-niah args]: default needle, 10 depths
   local name=$1 model=$2 lengths=$3 mode=$4; shift 4
   timed LR eval niah --model "$model" --out "$WORK/eval/$name-$mode" --lengths "$lengths" --depths $DEPTHS \
@@ -148,9 +150,7 @@ step_eval32() {  # the trained model: both scorings; the base-change-only model:
   local m; m=$(need_ckpt "$CPT32"); [ -n "$m" ] || return 0
   niah cpt32 "$m" "$LENGTHS32" logprob
   niah cpt32 "$m" "$LENGTHS32" generate
-  niah cpt32-passkey "$m" "$LENGTHS32" logprob \
-    --needle "The pass key of the red door is {key}. Remember it. {key} is the pass key of the red door." \
-    --question "What is the pass key of the red door?" --answer "{key}" --subject "red door" \
+  niah cpt32-passkey "$m" "$LENGTHS32" logprob "${PASSKEY[@]}" \
     --distractor-subject "blue door" --distractor-subject "green gate" --distractor-subject "back room" \
     --distractor-subject "old shed" --distractor-subject "side window"
   niah base32 "$BASE32" "$LENGTHS32" logprob
@@ -183,20 +183,20 @@ step_selfchat() {  # short chat data in the original model's own words (longreac
   tail -1 "$WORK/selfchat.log" | tee -a "$OUT/pipeline.log"
   keep selfchat.log selfchat/summary.json
 }
+pack() {  # NAME SEQ_LEN OUT INPUT...: `longreach data prepare` on the GPU host, the original model's tokenizer
+  local name=$1 seq=$2 dest=$3; shift 3
+  local inputs=() i; for i in "$@"; do inputs+=(--input "$i"); done
+  timed LR data prepare "${inputs[@]}" --tokenizer "${ORIG_MODEL:-$GGUF}" --seq-len "$seq" --out "$dest" \
+    --workers 8 --overwrite 2>&1 | tail -1 | cut -c1-600 | tee -a "$OUT/pipeline.log" || log "  FAILED $name"
+}
 step_prepare32-chat() {  # the corpus plus the self-chat samples (their own source), packed at 32K
-  timed LR data prepare --input "$STAGE/corpus" --input "$WORK/selfchat/self-chat.jsonl" \
-    --tokenizer "${ORIG_MODEL:-$GGUF}" --seq-len "${SEQ32:-32768}" --out "$STAGE/shards-32k-chat" --workers 8 \
-    --overwrite 2>&1 | tail -1 | cut -c1-600 | tee -a "$OUT/pipeline.log" || log "  FAILED prepare32-chat"
+  pack prepare32-chat "${SEQ32:-32768}" "$STAGE/shards-32k-chat" "$STAGE/corpus" "$WORK/selfchat/self-chat.jsonl"
 }
 step_prepare32() {  # the 32K continued-pretraining data, made on the GPU host from the carried corpus
-  timed LR data prepare --input "$STAGE/corpus" --tokenizer "${ORIG_MODEL:-$GGUF}" --seq-len "${SEQ32:-32768}" \
-    --out "$STAGE/shards-32k" --workers 8 --overwrite 2>&1 | tail -1 | cut -c1-400 | tee -a "$OUT/pipeline.log" \
-    || log "  FAILED prepare32"
+  pack prepare32 "${SEQ32:-32768}" "$STAGE/shards-32k" "$STAGE/corpus"
 }
 step_prepare128() {  # milestone B data: the same corpus packed at 128K
-  timed LR data prepare --input "$STAGE/corpus" --tokenizer "${ORIG_MODEL:-$GGUF}" --seq-len "${SEQ128:-131072}" \
-    --out "$STAGE/shards-128k" --workers 8 --overwrite 2>&1 | tail -1 | cut -c1-400 | tee -a "$OUT/pipeline.log" \
-    || log "  FAILED prepare128"
+  pack prepare128 "${SEQ128:-131072}" "$STAGE/shards-128k" "$STAGE/corpus"
 }
 step_extend128() {  # 32K -> 128K: the trained 32K model, base raised to the bound for 128K at head dim 64
   local m; m=$(need_ckpt "$CPT32"); [ -n "$m" ] || return 0
@@ -280,9 +280,7 @@ step_eval-unseen() {  # the SFT model on needles unlike any it was tuned on: a "
     --needle "Anna's grandmother hid her wedding ring inside the blue teapot on the top kitchen shelf." \
     --question "Where did Anna's grandmother hide her wedding ring?" \
     --answer "inside the blue teapot on the top kitchen shelf" --subject "Anna's grandmother"
-  niah "$SFT_NAME-passkey" "$s" "$LENGTHS32" generate \
-    --needle "The pass key of the red door is {key}. Remember it. {key} is the pass key of the red door." \
-    --question "What is the pass key of the red door?" --answer "{key}" --subject "red door"
+  niah "$SFT_NAME-passkey" "$s" "$LENGTHS32" generate "${PASSKEY[@]}"
 }
 
 [ $# -gt 0 ] || { echo "usage: smollm2_pipeline.sh STEP... (setup stage-a stage-b corpus prepare32 selfchat prepare32-chat extend train32 eval32 eval32-gen ppl prepare128 extend128 train128 eval128 sftdata wait32 sft3 eval-sft eval-unseen baselines)" >&2; exit 2; }

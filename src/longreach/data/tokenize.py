@@ -182,8 +182,8 @@ def tokenize_documents(docs: Iterable[Document], encoder: Any, workers: int = 1,
     """
     if workers < 1:
         raise InputError(f"workers must be >= 1, got {workers}", field="workers")
-    special = special_tokens_encoder(encoder)
     if workers == 1:
+        special = special_tokens_encoder(encoder)  # the workers build their own
         for batch in _batches(docs, batch_chars, batch_docs):
             yield from zip(batch, encode_documents(encoder, special, batch))
         return

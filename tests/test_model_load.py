@@ -38,7 +38,9 @@ def test_save_and_load_round_trip(tiny_dir, tmp_path):
     assert model.config._attn_implementation == "sdpa" and not model.training
     assert tok("w1 w2").input_ids == [4, 5]
     ids = torch.tensor([[1, 4, 5, 6]])
+    model.config.use_cache = False  # as the trainer sets it; the saved model generates with its cache
     again, tok2 = load_model(save_model(model, tok, tmp_path / "copy"))
+    assert again.config.use_cache is True
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, again(ids).logits, rtol=0, atol=0)
     assert tokenizer_hash(tok) == tokenizer_hash(tok2)

@@ -23,8 +23,9 @@
 #   carry .stage/gguf-b .stage/corpus:            stage-b corpus, sftdata (CPU, in the background), then
 #     SFT_CONFIG=configs/smollm2-135m-32k-sft.yaml SFT_DATA=/root/work/sftdata: prepare32 extend train32 wait32 sft3
 #   then the second pass: SFT_SET="--set stages.sft3.train.max_steps=102" ... sft3, and eval-sft eval-unseen
-# Milestone B (not run yet; ~20 device minutes on one GPU, in calls of <= 10 minutes), after the 32K steps:
-#   corpus prepare128 extend128 train128
+# Milestone B as measured on 2026-11-26 (one H200, docs/RESULTS.md): scripts/gpu/milestone_b.sh runs these steps
+# as one background chain after `setup stage-a` and `stage-b corpus`:
+#   corpus prepare128 extend128 train128 (after the 32K steps)
 #   C=configs/smollm2-135m-128k-sft.yaml; W=/root/work; SFT_CONFIG=$C SFTDATA_OUT=$W/sftdata128 ... sftdata
 #   SFT_CONFIG=$C SFT_DATA=$W/sftdata128 SFT_FROM=$W/cpt-128k SFT=$W/sft128 SFT_NAME=sft128 ... sft3
 #   EVAL128_SFT=1 SFT=$W/sft128 SFT_NAME=sft128 ... eval128

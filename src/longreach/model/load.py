@@ -183,6 +183,7 @@ def save_model(model, tokenizer, out_dir: str | Path, extra: dict[str, Any] | No
         cfg_path = tmp / "config.json"
         cfg = json.loads(cfg_path.read_text())
         cfg.pop("quantization_config", None)
+        cfg["use_cache"] = True  # training switches the KV cache off; a saved model is also for generation
         cfg.update(rope.legacy_fields(model.config))
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         if extra is not None:

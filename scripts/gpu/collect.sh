@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One device call's worth of waiting and collecting while background chains run on the GPU host
+# (scripts/gpu/milestone_b.sh, demo_sweep.sh in their own process sessions):
+#   bash scripts/gpu/collect.sh SECONDS MARKER DIR...
+# waits until MARKER exists or SECONDS pass, then packs DIR... (logs, results; no weights) into $OUT/all.tgz,
+# and each demo base model found under them (a few MB of safetensors) into $OUT/base-NAME.tgz.
+set -uo pipefail
+wait_s=$1 marker=$2; shift 2
+t0=$SECONDS
+until [ -e "$marker" ] || [ $((SECONDS - t0)) -ge "$wait_s" ]; do sleep 10; done
+echo "waited $((SECONDS - t0)) s; marker $marker: $([ -e "$marker" ] && echo present || echo absent)"
+nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv,noheader 2>/dev/null || true
+tar -czf "$OUT/all.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.gguf' --exclude='*.bin' \
+  --exclude='*/data/*' --exclude='*/base-data/*' --exclude='*/corpus/*' --exclude='*/shards/*' "$@" 2>/dev/null
+for b in $(find "$@" -maxdepth 2 -name base -type d 2>/dev/null); do
+  [ -f "$b/model.safetensors" ] && tar -czf "$OUT/base-$(basename "$(dirname "$b")").tgz" -C "$(dirname "$b")" base
+done
+ls -la "$OUT"

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Issue 4's milestone B (8K -> 32K -> 128K) as one chain on one GPU, after `smollm2_pipeline.sh setup stage-a`
+# and `stage-b corpus` (the GGUF joined and the corpus unpacked in /root/stage). Started in its own process
+# session, the chain outlives the device call, so the GPU never waits between calls; run it from a copy of the
+# repository (a later call re-copies the tree under a running chain):
+#   rm -rf /root/rB && mkdir /root/rB && cp -r src scripts configs /root/rB && cd /root/rB &&
+#   (setsid nohup bash scripts/gpu/milestone_b.sh > /root/outB.txt 2>&1 < /dev/null &)
+# and later calls `bash scripts/gpu/collect.sh 540 /root/work/eval/ppl128-long.log /root/work/eval ...`.
+# Its logs go to MB_OUT (default /root/outB), never to the call's $OUT, which is emptied before each call.
+# Steps, all longreach's own commands (docs/RESULTS.md, milestone B, measured this way on an H200, 2026-11-26):
+#   CPU, beside the 32K training: the corpus packed at 128K; the 128K SFT data (configs/smollm2-135m-128k-sft.yaml)
+#   GPU: prepare32 extend train32 (milestone A's recipe) -> extend128 (base to the 128K bound) -> train128 ->
+#        long-context SFT at 128K, one sequence per step on a 106-step schedule (two passes), stopped once the
+#        step-SFT_STOP checkpoint exists (81: what a 30-minute hold allows with the evaluations; SFT_STOP=106
+#        runs it out), NIAH of the 128K continued-pretraining model and of the step-54 checkpoint beside it ->
+#        NIAH 1K-128K of the stopped SFT model -> perplexity: short essays (retention) and by position over 128K.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+P=scripts/gpu/smollm2_pipeline.sh
+O=${MB_OUT:-/root/outB}
+W=${WORK:-/root/work}
+C=configs/smollm2-135m-128k-sft.yaml
+SFT_STEPS=${SFT_STEPS:-106}
+SFT_STOP=${SFT_STOP:-81}
+L128=1000,4000,8000,16000,32000,48000,64000,96000,128000
+export WORK=$W PYTHONPATH="$PWD/src:/tmp/site" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+mkdir -p "$O" "$W/eval"
+LR() { python3 -m longreach.cli "$@"; }
+niah_gen() {  # MODEL NAME: the default needle, 9 lengths x 10 depths, greedy generation
+  LR eval niah --model "$1" --out "$W/eval/$2-generate" --lengths $L128 --depths 0,11,22,33,44,56,67,78,89,100 \
+    --mode generate --batch-size "${3:-8}" > "$W/eval/$2-generate.log" 2>&1 || echo "niah $2 failed" >> "$O/gpu.txt"
+}
+ckpt() { printf '%s/sft128/sft3/checkpoints/step-%06d' "$W" "$1"; }
+
+(OUT=$O/cpu bash $P prepare128; SFT_CONFIG=$C SFTDATA_OUT=$W/sftdata128 OUT=$O/cpu bash $P sftdata) > "$O/cpu.txt" 2>&1 &
+cpu=$!
+OUT=$O/gpu bash $P prepare32 extend train32 extend128 > "$O/gpu.txt" 2>&1
+wait $cpu
+OUT=$O/gpu bash $P train128 >> "$O/gpu.txt" 2>&1
+NIAH_BATCH=4 OUT=$O/eval bash $P eval128 > "$O/eval.txt" 2>&1 &  # the 128K continued-pretraining model
+SFT_CONFIG=$C SFT_DATA=$W/sftdata128 SFT_FROM=$W/cpt-128k SFT=$W/sft128 SFT_NAME=sft128 \
+  SFT_SET="--set train.grad_accum=1 --set train.save_every=27 --set stages.sft3.train.max_steps=$SFT_STEPS" \
+  OUT=$O/gpu bash $P sft3 >> "$O/gpu.txt" 2>&1 &
+sft=$!
+until [ -d "$(ckpt 54)" ] || ! kill -0 $sft 2>/dev/null; do sleep 5; done
+[ -d "$(ckpt 54)" ] && cp -r "$(ckpt 54)" "$W/sft128-54" && niah_gen "$W/sft128-54" sft128-54 &
+until [ -d "$(ckpt "$SFT_STOP")" ] || ! kill -0 $sft 2>/dev/null; do sleep 5; done
+pkill -f "longreach[.]cli sft" || true  # the hold's limit: stop at this checkpoint (a no-op once finished)
+wait
+m=$(ls -d $W/sft128/sft3/checkpoints/step-* 2>/dev/null | sort | tail -1)
+[ -n "$m" ] && niah_gen "$m" "sft128-$((10#${m##*-}))" 16
+# retention (short essays) and the whole window (perplexity by position over 128K tokens)
+essays=$(python3 -c "from longreach import assets; print(assets.paul_graham_essays())")
+LR eval ppl --model /root/stage/smollm2.gguf --model "$W/cpt-128k/checkpoints/step-000040" ${m:+--model $m} \
+  --text "$essays" --length 4096 --sequences 8 --out "$W/eval/ppl128-short" > "$W/eval/ppl128-short.log" 2>&1
+LR eval ppl --model "$W/cpt-128k/checkpoints/step-000040" ${m:+--model $m} --text "$essays" --length 131072 \
+  --sequences 1 --buckets 16 --out "$W/eval/ppl128-long" > "$W/eval/ppl128-long.log" 2>&1
+cp "$W"/train32.log "$W"/train128.log "$W"/sft128.log "$W/eval/" 2>/dev/null
+touch "$O/.done"

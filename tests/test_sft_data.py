@@ -60,7 +60,9 @@ def test_json_array_and_parquet(tmp_path):
     ({"question": "q", "answers": []}, "answers", "non-empty list"),
     ({"question": "q", "answer": "a", "context": ["x"]}, "context", "expected a string"),
     ({"question": "q", "answer": "  "}, "turn 1", "empty assistant answer"),
-    ({"text": "no conversation"}, None, "needs 'messages' or 'question'"),
+    ({"context": "no conversation"}, None, "needs 'messages', 'question'"),
+    ({"text": "  "}, "text", "empty text"),
+    ({"text": 5}, "text", "expected a string"),
 ])
 def test_malformed_records_name_file_line_field(rec, field, msg):
     with pytest.raises(InputError, match=msg) as e:
@@ -121,3 +123,10 @@ def test_draw_blend_whole_passes_and_determinism():
     big = [i for name, i in picks if name == "big"]
     assert len(big) == len(set(big)) == 10  # a subsample of a large set has no repeats
     assert [name for name, _ in picks] != sorted(name for name, _ in picks)  # the blend is shuffled together
+
+
+def test_text_record_is_a_plain_text_sample():
+    s = parse_record({"text": "Once upon a time.", "qa": "text", "tokens": 5}, "t.jsonl", 3)
+    assert s.text == "Once upon a time." and s.messages == [] and s.where == "t.jsonl:3"
+    q = parse_record({"question": "q", "answer": "a", "text": "ignored"}, "t.jsonl", 4)  # turns win over text
+    assert q.text is None and q.messages[1]["content"] == "a"

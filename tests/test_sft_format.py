@@ -114,6 +114,19 @@ def test_long_context_is_cut_in_the_middle_never_the_answer(tok):
     assert encode_fitted(tok, no_ctx, "chatqa", None, INSTR, max_len=64) == (None, "dropped")
 
 
+@pytest.mark.parametrize("fmt", ["chatqa", "template"])
+def test_text_sample_is_trained_on_every_token_and_cut_at_its_end(tok, fmt):
+    text = " ".join(f"w{i}" for i in range(300))
+    s = Sample(messages=[], text=text)
+    enc = encode(tok, s, fmt, None, INSTR)
+    body = tok(text, add_special_tokens=False)["input_ids"]
+    lead = len(enc.ids) - len(body) - 1  # BOS where the tokenizer adds one
+    assert enc.ids[lead:] == body + [tok.eos_token_id] and lead in (0, 1)
+    assert enc.mask == [False] * lead + [True] * (len(body) + 1)  # every token a target, EOS too
+    cut, status = encode_fitted(tok, s, fmt, None, INSTR, max_len=64)
+    assert status == "truncated" and cut.ids == enc.ids[:64] and all(cut.mask[lead:])
+
+
 # ----------------------------------------------------------------------------- masking on a tiny model
 
 def _batch_through_loop(tmp_path, tok, samples, doc_mask):

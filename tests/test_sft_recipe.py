@@ -41,7 +41,7 @@ def test_chatqa2_example_config_has_the_paper_blends():
 
 
 @pytest.mark.parametrize("name", ["sft-smollm2-longqa.yaml", "smollm2-135m-32k-sft.yaml",
-                                  "smollm2-135m-128k-sft.yaml"])
+                                  "smollm2-135m-128k-sft.yaml", "smollm2-135m-128k-sft-replay.yaml"])
 def test_gpu_sft_configs_pass_their_checks(name):
     from longreach.sft.synth import check_config
 
@@ -222,3 +222,22 @@ def test_shipped_gpu_recipe_loads():
     recipe.check(cfg)
     assert cfg.format == "template" and cfg.stages["sft3"].seq_len == 32768
     assert all(s.split == "train" for s in cfg.synth.values())  # the evaluation's held-out documents stay out
+
+
+def test_text_replay_set_is_packed_with_every_token_a_target(tmp_path, start_model, monkeypatch):
+    """A `qa: text` set in a stage's blend (language-modelling replay): its samples are packed beside the QA
+    samples with a loss on every token, so the stage's target tokens grow by about the replay's tokens."""
+    monkeypatch.chdir(ROOT)
+    raw = yaml.safe_load(DEMO.read_text())
+    raw["synth"]["replay"] = {"docs": ["paul_graham"], "qa": "text", "lengths": [200], "n": 8, "max_docs": 6}
+    raw["stages"] = {"sft3": {"seq_len": 512, "blend": {"long_qa": 32, "replay": 8}, "samples": 40}}
+    path = tmp_path / "replay.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = recipe.load(str(path), [f"out={tmp_path / 'run'}", f"model={start_model}"])
+    res = recipe.run(cfg, prepare_only=True)
+    sft = json.loads((Path(res["stages"][0]["shards"]) / "manifest.json").read_text())["sft"]
+    replay = [json.loads(ln) for ln in (tmp_path / "run" / "data" / "replay.jsonl").read_text().splitlines()]
+    assert sft["drawn"] == {"long_qa": 32, "replay": 8} and sft["samples"] == 40 and sft["dropped"] == 0
+    text_tokens = sum(r["tokens"] for r in replay)
+    # every replay token (+ its EOS) is a target; the 32 QA samples add only their short answers
+    assert text_tokens + 8 <= sft["target_tokens"] <= text_tokens + 8 + 32 * 12

@@ -99,6 +99,18 @@ def _pattern(template: str) -> str:
     return out
 
 
+def test_text_samples_are_running_real_text_of_their_length(tok, docs):
+    from longreach.sft.data import parse_record
+
+    recs = synthesize(SynthConfig(qa="text", lengths=[300, 900], n=4, seed=1), tok, docs)
+    for i, r in enumerate(recs):
+        target = [300, 900][i % 2]
+        assert 0.75 * target <= r["tokens"] <= target and r["tokens"] == count_tokens(tok, r["text"])
+        assert r["qa"] == "text" and not r["synthetic"] and r["sources"] and "question" not in r
+        assert any(r["text"][:200] in d.text for d in docs)  # a stretch of a real document
+        assert parse_record(r, "t.jsonl", i).text == r["text"]
+
+
 @pytest.mark.parametrize("qa, construction", [("needle", "insert"), ("needle", "distractors"),
                                               ("cloze", "insert"), ("cloze", "distractors")])
 def test_samples_reach_their_length_and_record_where_the_gold_is(tok, docs, qa, construction):

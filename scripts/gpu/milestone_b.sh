@@ -6,7 +6,8 @@
 #   rm -rf /root/rB && mkdir /root/rB && cp -r src scripts configs /root/rB && cd /root/rB &&
 #   (setsid nohup bash scripts/gpu/milestone_b.sh > /root/outB.txt 2>&1 < /dev/null &)
 # and later calls `bash scripts/gpu/collect.sh 540 /root/work/eval/ppl128-long.log /root/work/eval ...`.
-# Its logs go to MB_OUT (default /root/outB), never to the call's $OUT, which is emptied before each call.
+# SFT_RECIPE picks the 128K SFT config (default configs/smollm2-135m-128k-sft.yaml). Its logs go to MB_OUT
+# (default /root/outB), never to the call's $OUT, which is emptied before each call.
 # Steps, all longreach's own commands (docs/RESULTS.md, milestone B, measured this way on an H200, 2026-11-26):
 #   CPU, beside the 32K training: the corpus packed at 128K; the 128K SFT data (configs/smollm2-135m-128k-sft.yaml)
 #   GPU: prepare32 extend train32 (milestone A's recipe) -> extend128 (base to the 128K bound) -> train128 ->
@@ -19,8 +20,8 @@ cd "$(dirname "$0")/../.."
 P=scripts/gpu/smollm2_pipeline.sh
 O=${MB_OUT:-/root/outB}
 W=${WORK:-/root/work}
-C=configs/smollm2-135m-128k-sft.yaml
-SFT_STEPS=${SFT_STEPS:-106}
+C=${SFT_RECIPE:-configs/smollm2-135m-128k-sft.yaml}
+SFT_STEPS=${SFT_STEPS:-106}  # two passes of 53 sequences (the -replay recipe: 59, so 118)
 SFT_STOP=${SFT_STOP:-81}
 L128=1000,4000,8000,16000,32000,48000,64000,96000,128000
 export WORK=$W PYTHONPATH="$PWD/src:/tmp/site" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false

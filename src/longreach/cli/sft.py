@@ -66,7 +66,8 @@ def tiny_model(
 def synth(
     out: Annotated[str, typer.Option(help="output .jsonl (records `longreach sft` reads, with gold positions)")],
     tokenizer: Annotated[str, typer.Option(help="model folder / .gguf / tokenizer.json whose tokens set lengths")],
-    qa: Annotated[str, typer.Option(help="needle | cloze (both synthetic) | records (your QA file)")] = "needle",
+    qa: Annotated[str, typer.Option(help="needle | statement | cloze (synthetic QA) | records (your QA file) | "
+                                         "text (plain running text, trained on every token)")] = "needle",
     construction: Annotated[str, typer.Option(help="insert (random sentence boundary) | distractors")] = "insert",
     lengths: Annotated[str, typer.Option(help="target context lengths in tokens, comma-separated")] = "4000",
     n: Annotated[int, typer.Option(help="samples to write")] = 100,

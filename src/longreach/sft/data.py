@@ -10,6 +10,10 @@ such file under it, in sorted order):
         layout of NVIDIA's ChatQA training files, whose context field is called "document".
     {"question": str, "answer": str | "answers": [str, ...], "context": str?, "title": str?}
         ChatQA-style single-turn QA (SQuAD, DROP, NarrativeQA, ... after conversion).
+    {"text": str}
+        plain text with no turns (`qa: text` of the synthesizer): trained on every token, as in pretraining -
+        language-modelling replay mixed into an SFT stage, so that the answer-only loss does not erode the
+        model's next-token prediction over long text.
 
 Other fields are ignored (synthesized long-QA records carry "gold", "tokens", ... for analysis).
 
@@ -43,6 +47,7 @@ class Sample:
     context: str = ""  # the document the answers come from ("" = none)
     system: str | None = None  # the sample's own system message (None = the recipe's)
     instruction: str | None = None  # task instruction for the first user turn (None = the dataset's/recipe's)
+    text: str | None = None  # a plain-text record: no turns, the loss on every token
     where: str = ""  # "file:line" of the record, for messages about it
     extra: dict[str, Any] = field(default_factory=dict)  # fields kept for analysis (e.g. "gold")
 
@@ -82,6 +87,11 @@ def parse_record(rec: Any, path: str, line: int | None) -> Sample:
     if title and context:
         context = f"title: {title}, source: {context}"  # the chunk layout of the ChatQA RAG prompt
     instruction = _text(rec, "instruction", path, line)
+    if "messages" not in rec and "question" not in rec and "text" in rec:
+        text = _text(rec, "text", path, line, required=True)
+        if not text.strip():
+            raise InputError("empty text", path=path, line=line, field="text")
+        return Sample(messages=[], text=text, where=f"{path}:{line}" if line is not None else path)
     answer = _answer(rec, path, line)
     system = None
     if "messages" in rec:
@@ -120,7 +130,8 @@ def parse_record(rec: Any, path: str, line: int | None) -> Sample:
     else:
         question = _text(rec, "question", path, line)
         if question is None:
-            raise InputError("a record needs 'messages' or 'question' + 'answer'/'answers'", path=path, line=line)
+            raise InputError("a record needs 'messages', 'question' + 'answer'/'answers', or 'text'", path=path,
+                             line=line)
         if answer is None:
             raise InputError("missing (answer or answers is required with question)", path=path, line=line,
                              field="answer")

@@ -13,6 +13,9 @@
   target. A template that is not prefix-stable is refused with a clear error rather than guessed at.
   The context (if any) and the instruction go into the first user message.
 
+A plain-text sample (`Sample.text`) is the same in both formats: [BOS if the tokenizer adds one] + its tokens
++ EOS, every token after the first a target. Longer than the sequence length, it keeps its beginning.
+
 A sample longer than the sequence length keeps its answers whole: the context is cut in the middle (the
 first and last halves kept, as long-context benchmarks cut inputs) until it fits; without a context to cut it
 is dropped. Both are counted by the caller.
@@ -124,12 +127,23 @@ def encode_template(tok: Any, s: Sample, system: str | None = None, instruction:
 
 def encode(tok: Any, s: Sample, fmt: str, system: str | None, instruction: str | None) -> Encoded:
     """Token ids and loss mask of one sample; `instruction` applies when the sample has none of its own."""
+    if fmt not in FORMATS:
+        raise InputError(f"format must be one of {FORMATS}, got {fmt!r}", field="format")
+    if s.text is not None:
+        return encode_text(tok, s.text)
     instr = s.instruction if s.instruction is not None else instruction
     if fmt == "chatqa":
         return encode_chatqa(tok, s, system if system is not None else SYSTEM, instr or None)
-    if fmt == "template":
-        return encode_template(tok, s, system, instr or None)
-    raise InputError(f"format must be one of {FORMATS}, got {fmt!r}", field="format")
+    return encode_template(tok, s, system, instr or None)
+
+
+def encode_text(tok: Any, text: str, max_len: int | None = None) -> Encoded:
+    """A plain-text sample: [BOS] + tokens + EOS (the first `max_len` of them), a target everywhere after BOS."""
+    if tok.eos_token_id is None:
+        raise InputError("the tokenizer has no EOS token to end a text with", field="tokenizer")
+    bos = _bos_first(tok)
+    ids = (bos + _ids(tok, text) + [tok.eos_token_id])[:max_len]
+    return Encoded(ids, [False] * len(bos) + [True] * (len(ids) - len(bos)))
 
 
 def encode_fitted(tok: Any, s: Sample, fmt: str, system: str | None, instruction: str | None,
@@ -138,6 +152,8 @@ def encode_fitted(tok: Any, s: Sample, fmt: str, system: str | None, instruction
     enc = encode(tok, s, fmt, system, instruction)
     if len(enc.ids) <= max_len:
         return enc, "ok"
+    if s.text is not None:  # plain text: its beginning
+        return encode_text(tok, s.text, max_len), "truncated"
     if not s.context:
         return None, "dropped"
     ctx = _ids(tok, s.context)
@@ -157,6 +173,10 @@ def encode_fitted(tok: Any, s: Sample, fmt: str, system: str | None, instruction
 def prompt_for(tok: Any, s: Sample, fmt: str, system: str | None, instruction: str | None) -> Any:
     """What to give a `longreach.eval.backends` backend to answer the sample's last user turn: the ChatQA text,
     or the messages (the backend renders the template). `s.messages` ends with that user turn."""
+    if fmt not in FORMATS:
+        raise InputError(f"format must be one of {FORMATS}, got {fmt!r}", field="format")
+    if s.text is not None:
+        return encode_text(tok, s.text)
     instr = s.instruction if s.instruction is not None else instruction
     if fmt == "chatqa":
         return chatqa_prompt(s.system or system or SYSTEM, s.context, s.messages, instr or None)

@@ -22,6 +22,8 @@ Where the QA pairs come from (`qa`):
   phrases that are not the NIAH test's (no city, no "best thing to do"; `STATEMENT_TEMPLATES`).
 - cloze: SYNTHETIC questions on real text: a paragraph of a real document is the gold passage and one of its
   sentences is asked back with a word blanked out.
+- text: no question - real running text of the target length ({"text": ...}), trained on every token: the
+  language-modelling replay an SFT stage mixes in to keep next-token prediction over long text.
 
 Run:  longreach sft synth --tokenizer MODEL --qa needle --lengths 4000,16000 --n 200 --out long_qa.jsonl
 Deterministic: the same config, documents and tokenizer give the same file.
@@ -47,7 +49,7 @@ UNIT_TOKENS = 64  # tokens per unit of text (whole sentences) from which haystac
 SEP_TOKENS = 2  # tokens counted for the blank line between two documents
 GOLD_TOKENS = 96  # cloze: tokens of the real paragraph used as the gold passage
 LONG_BIN = 32768  # contexts below this many tokens are "<32K", the others "32K-128K" (the paper's two sets)
-QA_KINDS = ("needle", "statement", "cloze", "records")
+QA_KINDS = ("needle", "statement", "cloze", "records", "text")
 CONSTRUCTIONS = ("insert", "distractors")
 SPLITS = ("train", "heldout", "all")
 
@@ -55,7 +57,8 @@ SPLITS = ("train", "heldout", "all")
 @dataclass
 class SynthConfig:
     docs: list[str] = field(default_factory=list)  # real text: paths or gutenberg / paul_graham / linux-doc
-    qa: str = "needle"  # needle (synthetic facts), cloze (synthetic questions on real text), records (yours)
+    qa: str = "needle"  # needle, statement (synthetic facts), cloze (questions on real text), records (yours),
+    # text (plain running text, trained on every token)
     records: str = ""  # qa=records: .jsonl of {document, passage|summary, question, answer|answers}
     construction: str = "insert"  # insert (gold at a random sentence boundary) or distractors (shuffled docs)
     lengths: list[int] = field(default_factory=lambda: [4000])  # target context tokens; samples cycle them
@@ -337,6 +340,11 @@ def make_sample(cfg: SynthConfig, pool: DocPool, length: int, rng: np.random.Gen
                 record: dict[str, Any] | None = None, depth: float | None = None) -> dict[str, Any] | None:
     """One long-context QA record (a dict `data.parse_record` reads), or None if this draw gives none."""
     tok = pool.tok
+    if cfg.qa == "text":  # language-modelling replay: running text, no question
+        text, sources = pool.haystack(int(length * 0.99), rng)
+        tokens = count_tokens(tok, text)
+        return {"text": text, "qa": "text", "synthetic": False, "target_tokens": length, "tokens": tokens,
+                "length_bin": "<32K" if tokens < LONG_BIN else "32K-128K", "sources": sorted(set(sources))}
     others: list[str] = []
     sentence = None
     instruction: str | None = SHORT_SPAN

@@ -177,3 +177,16 @@ def test_committed_base_retrieves_inside_its_window(tmp_path):
     cfg = config_io.load(demo.DemoConfig, overrides=["eval.niah_trials=2", "eval.niah_depths=0,50"])
     res = demo.niah(cfg, demo.COMMITTED_BASE, tmp_path / "niah", [64])
     assert res["mean"] >= 0.75
+
+
+def test_filler_numbers_are_sparse_digits_placed_by_the_seed():
+    words = PROSE.split(" ")
+    assert demo.with_numbers(PROSE, 0.0, 1) == PROSE
+    text = demo.with_numbers(PROSE, 0.05, 1)
+    added = text.split(" ")
+    numbers = [w for w in added if w.isdigit()]
+    assert len(added) == len(words) + len(numbers) and 0.02 * len(words) < len(numbers) < 0.1 * len(words)
+    assert all(1 <= len(n) <= 4 for n in numbers) and [w for w in added if not w.isdigit()] == words
+    assert text == demo.with_numbers(PROSE, 0.05, 1) != demo.with_numbers(PROSE, 0.05, 2)
+    head = " ".join(words[:50])  # a prefix of the words gets the same numbers (exact-length cutting relies on it)
+    assert text.startswith(demo.with_numbers(head, 0.05, 1))

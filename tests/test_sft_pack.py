@@ -50,6 +50,15 @@ def test_pack_places_each_sample_once_with_its_mask_and_starts():
         list(pack([Encoded([1] * 65, [True] * 65)], 64, 0))
 
 
+def test_plain_text_samples_get_a_sequence_of_their_own():
+    qa = [Encoded(list(range(1, 11)), [False] * 8 + [True] * 2) for _ in range(4)]
+    text = Encoded(list(range(20, 50)), [True] * 30, alone=True)
+    seqs = list(pack([qa[0], text, qa[1], qa[2], qa[3]], seq_len=64, pad_id=0))
+    alone = [s for s in seqs if 20 in s[0]]
+    assert len(alone) == 1 and list(alone[0][2]) == [0, 30]  # the text, then padding: nothing shares it
+    assert sum(int(s[1].sum()) for s in seqs) == 4 * 2 + 30 and len(seqs) == 2
+
+
 def test_write_shards_counts_and_manifest(tmp_path):
     from longreach.data.shards import PackedShards
 

@@ -241,3 +241,8 @@ def test_text_replay_set_is_packed_with_every_token_a_target(tmp_path, start_mod
     text_tokens = sum(r["tokens"] for r in replay)
     # every replay token (+ its EOS) is a target; the 32 QA samples add only their short answers
     assert text_tokens + 8 <= sft["target_tokens"] <= text_tokens + 8 + 32 * 12
+    from longreach.data.shards import PackedShards
+    shards = PackedShards(res["stages"][0]["shards"])
+    alone = [i for i in range(len(shards)) if int(shards[i]["loss_mask"].sum()) > 150]  # the replay sequences
+    assert len(alone) == 8  # one each, sharing with no QA sample (its targets would drown their answers):
+    assert all(len(shards.doc_starts(i)) <= 2 for i in alone)  # the text, then at most the padding

@@ -48,6 +48,8 @@ def test_loss_falls_and_every_parameter_changes(tiny_model, pattern_shards, tmp_
         assert not torch.equal(w, after[name]), f"{name} did not change"
     meta = checkpoint.read_meta(out["checkpoint"])
     assert meta["stage"] == "pretrain" and meta["step"] == 12 and meta["lineage"][0]["path"] == str(tiny_model)
+    # training runs without a KV cache; the checkpoint is written for generation
+    assert json.loads((Path(out["checkpoint"]) / "config.json").read_text())["use_cache"] is True
     # The resolved config is written next to the outputs and reads back to the same config.
     cfg = config_io.load(TrainConfig, tmp_path / "run" / "config.yaml")
     assert cfg.max_steps == 12 and cfg.model == str(tiny_model)

@@ -31,30 +31,40 @@ niah_gen() {  # MODEL NAME: the default needle, 9 lengths x 10 depths, greedy ge
   LR eval niah --model "$1" --out "$W/eval/$2-generate" --lengths $L128 --depths 0,11,22,33,44,56,67,78,89,100 \
     --mode generate --batch-size "${3:-8}" > "$W/eval/$2-generate.log" 2>&1 || echo "niah $2 failed" >> "$O/gpu.txt"
 }
-ckpt() { printf '%s/sft128/sft3/checkpoints/step-%06d' "$W" "$1"; }
+T=${C##*/}; T=${T%.yaml}  # outputs named after the SFT recipe: another recipe never resumes this one's run
+[ "$T" = smollm2-135m-128k-sft ] && T=sft128  # the measured run's names
+newest() {  # the newest SFT checkpoint's step, 0 before the first
+  local m; m=$(ls -d "$W/$T/sft3/checkpoints"/step-* 2>/dev/null | sort | tail -1)
+  if [ -n "$m" ]; then echo $((10#${m##*-})); else echo 0; fi
+}
 
-(OUT=$O/cpu bash $P prepare128; SFT_CONFIG=$C SFTDATA_OUT=$W/sftdata128 OUT=$O/cpu bash $P sftdata) > "$O/cpu.txt" 2>&1 &
+(OUT=$O/cpu bash $P prepare128; SFT_CONFIG=$C SFTDATA_OUT=$W/data-$T OUT=$O/cpu bash $P sftdata) > "$O/cpu.txt" 2>&1 &
 cpu=$!
 OUT=$O/gpu bash $P prepare32 extend train32 extend128 > "$O/gpu.txt" 2>&1
 wait $cpu
 OUT=$O/gpu bash $P train128 >> "$O/gpu.txt" 2>&1
 NIAH_BATCH=4 OUT=$O/eval bash $P eval128 > "$O/eval.txt" 2>&1 &  # the 128K continued-pretraining model
-SFT_CONFIG=$C SFT_DATA=$W/sftdata128 SFT_FROM=$W/cpt-128k SFT=$W/sft128 SFT_NAME=sft128 \
+SFT_CONFIG=$C SFT_DATA=$W/data-$T SFT_FROM=$W/cpt-128k SFT=$W/$T SFT_NAME=$T \
   SFT_SET="--set train.grad_accum=1 --set train.save_every=27 --set stages.sft3.train.max_steps=$SFT_STEPS" \
-  OUT=$O/gpu bash $P sft3 >> "$O/gpu.txt" 2>&1 &
+  OUT=$O/gpu setsid bash $P sft3 >> "$O/gpu.txt" 2>&1 &  # its own process group: stopped as one below
 sft=$!
-until [ -d "$(ckpt 54)" ] || ! kill -0 $sft 2>/dev/null; do sleep 5; done
-[ -d "$(ckpt 54)" ] && cp -r "$(ckpt 54)" "$W/sft128-54" && niah_gen "$W/sft128-54" sft128-54 &
-until [ -d "$(ckpt "$SFT_STOP")" ] || ! kill -0 $sft 2>/dev/null; do sleep 5; done
-pkill -f "longreach[.]cli sft" || true  # the hold's limit: stop at this checkpoint (a no-op once finished)
+half=
+while kill -0 $sft 2>/dev/null; do  # an interim NIAH at the first checkpoint >= 54; stop at >= SFT_STOP
+  n=$(newest)
+  if [ -z "$half" ] && [ "$n" -ge 54 ]; then
+    half=$W/$T-$n; cp -r "$W/$T/sft3/checkpoints/$(printf 'step-%06d' "$n")" "$half" && niah_gen "$half" "$T-$n" &
+  fi
+  [ "$n" -ge "$SFT_STOP" ] && { kill -TERM -- -$sft 2>/dev/null; break; }  # the hold's limit
+  sleep 5
+done
 wait
-m=$(ls -d $W/sft128/sft3/checkpoints/step-* 2>/dev/null | sort | tail -1)
-[ -n "$m" ] && niah_gen "$m" "sft128-$((10#${m##*-}))" 16
+n=$(newest); m=$W/$T/sft3/checkpoints/$(printf 'step-%06d' "$n")
+[ "$n" -gt 0 ] && niah_gen "$m" "$T-$n" 16 || m=
 # retention (short essays) and the whole window (perplexity by position over 128K tokens)
 essays=$(python3 -c "from longreach import assets; print(assets.paul_graham_essays())")
 LR eval ppl --model /root/stage/smollm2.gguf --model "$W/cpt-128k/checkpoints/step-000040" ${m:+--model $m} \
   --text "$essays" --length 4096 --sequences 8 --out "$W/eval/ppl128-short" > "$W/eval/ppl128-short.log" 2>&1
 LR eval ppl --model "$W/cpt-128k/checkpoints/step-000040" ${m:+--model $m} --text "$essays" --length 131072 \
   --sequences 1 --buckets 16 --out "$W/eval/ppl128-long" > "$W/eval/ppl128-long.log" 2>&1
-cp "$W"/train32.log "$W"/train128.log "$W"/sft128.log "$W/eval/" 2>/dev/null
+cp "$W"/train32.log "$W"/train128.log "$W/$T.log" "$W/eval/" 2>/dev/null
 touch "$O/.done"

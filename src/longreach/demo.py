@@ -54,8 +54,8 @@ class BaseStage:
     batch: int = 32  # sequences of L tokens per step
     lr: float = 1e-3  # peak learning rate (3e-3 learned retrieval later in calibration)
     warmup_steps: int = 100  # linear warm-up
-    passkey_fraction: float = 0.8  # share of base sequences that are pass-key documents (0.8: its extension
-    # reached 0.76-0.80 beyond L over 4 seeds; 0.5 or 0.9: 0.54-0.56)
+    passkey_fraction: float = 0.8  # share of base sequences that are pass-key documents (0.8: its extension,
+    # before filler numbers, reached 0.76-0.80 beyond L over 4 seeds; 0.5 or 0.9: 0.54-0.56)
 
 
 @dataclass
@@ -72,6 +72,9 @@ class ExtendStage:
     named_fraction: float = 0.0  # share of pass-key sequences holding several named keys, each asked at the end
     # (0.5 wiped retrieval out: 0.00 everywhere; kept for the record and further tries, docs/LOG.md)
     named_keys: int = 6  # keys per such sequence ("The pass key of the red door is ..."): more long-range answers
+    filler_numbers: float = 0.01  # share of the pass-key documents' filler words followed by a random number
+    # (1-4 digits; the essays have 1%): distractor digits the key's copy learns to ignore (0: beyond L 0.78, the
+    # last digit pulled to the haystack's numbers; 0.01: 0.94 on the CPU, 0.90-0.94 over 4 seeds; docs/LOG.md)
 
 
 @dataclass
@@ -131,6 +134,20 @@ def question_block() -> str:
 
 def make_key(rng: random.Random, digits: int) -> str:
     return str(rng.randint(10 ** (digits - 1), 10 ** digits - 1))
+
+
+def with_numbers(text: str, rate: float, seed: int) -> str:
+    """`text` with a random number (1-4 digits, mostly 1 or 4 as in the essays) after a `rate` share of its
+    words; the same seed places them the same way on any prefix of the words."""
+    if rate <= 0:
+        return text
+    rng = random.Random(seed)
+    words = text.split(" ")
+    for i, w in enumerate(words):
+        if rng.random() < rate:
+            digits = rng.choices([1, 2, 3, 4], weights=[5, 2, 1, 2])[0]
+            words[i] = f"{w} {rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)}"
+    return " ".join(words)
 
 
 def passkey_document(filler: str, key: str, depth: float) -> str:
@@ -334,7 +351,9 @@ def write_corpus(cfg: DemoConfig, tok, target: int, corpus_dir: Path) -> dict[st
                 continue
             for n in passkey_lengths(rng, unit, sep, e.passkey_docs_max):
                 key, depth = make_key(rng, cfg.key_digits), rng.uniform(0, 100)
-                text = exact(n, lambda t, k=key, d=depth: passkey_document(t, k, d))
+                salt = docs  # numbers placed by the document's index: the corpus draws stay as without them
+                text = exact(n, lambda t, k=key, d=depth, z=salt:
+                             passkey_document(with_numbers(t, e.filler_numbers, z), k, d))
                 f.write(json.dumps({"text": text}) + "\n")
                 docs += 1
     return {"passkey_documents": docs, "passkey_sequences": n_passkey, "sequences": sequences,
@@ -527,10 +546,14 @@ def report_lines(cfg: DemoConfig, facts: dict[str, Any], rows: list[dict[str, An
         "**Synthetic data, declared.** Besides Gutenberg plays, the training data holds synthetic pass-key "
         f"documents: Gutenberg prose with the sentence \"{NEEDLE.replace('{key}', '48213')}\" at a random "
         f"depth and, at the end, \"Question: {QUESTION} / Answer: {lead_in()} 48213.\" (the NIAH prompt's "
-        f"own words). They are **{facts['passkey_share']:.1%} of the extension tokens** (one whole document "
-        f"per sequence, never split across two) and {cfg.base.passkey_fraction:.0%} of the base model's "
-        "sequences: a model of one million parameters does not learn retrieval from prose alone in this "
-        "budget. The NIAH haystack (Paul Graham essays) and the perplexity text (The Tempest, held out) were "
+        f"own words). They are **{facts['passkey_share']:.1%} of the extension tokens** (1 to "
+        f"{cfg.extend.passkey_docs_max} whole documents per sequence, never split across two) and "
+        f"{cfg.base.passkey_fraction:.0%} of the base model's sequences: a model of one million parameters does "
+        "not learn retrieval from prose alone in this budget."
+        + (f" A random number of 1-4 digits follows {cfg.extend.filler_numbers:.0%} of the extension pass-key "
+           "documents' filler words (distractor digits, as numbers occur in the essays)."
+           if cfg.extend.filler_numbers > 0 else "")
+        + " The NIAH haystack (Paul Graham essays) and the perplexity text (The Tempest, held out) were "
         "never trained on.")
     method = (
         f"NIAH: prompt lengths in tokens (the answer fits the window too), greedy answer, "

@@ -165,6 +165,17 @@ def load_model(path: str | Path, dtype=None, device: str = "cpu", attn_implement
     return model.to(device).eval(), tok
 
 
+def write_config_for_use(folder: str | Path, config: Any) -> None:
+    """Rewrite FOLDER/config.json as a user loads it: the KV cache on (training switches it off; a saved model
+    is also for generation), no GGUF quantization block, and transformers-4 RoPE fields beside the new ones."""
+    cfg_path = Path(folder) / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.pop("quantization_config", None)
+    cfg["use_cache"] = True
+    cfg.update(rope.legacy_fields(config))
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 def save_model(model, tokenizer, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write safetensors + config + tokenizer in Hugging Face layout (and `extra` as longreach.json).
 
@@ -180,12 +191,7 @@ def save_model(model, tokenizer, out_dir: str | Path, extra: dict[str, Any] | No
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        cfg_path = tmp / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg.pop("quantization_config", None)
-        cfg["use_cache"] = True  # training switches the KV cache off; a saved model is also for generation
-        cfg.update(rope.legacy_fields(model.config))
-        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        write_config_for_use(tmp, model.config)
         if extra is not None:
             (tmp / "longreach.json").write_text(json.dumps(extra, indent=2) + "\n")
         for f in tmp.iterdir():

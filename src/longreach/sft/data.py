@@ -87,7 +87,7 @@ def parse_record(rec: Any, path: str, line: int | None) -> Sample:
     if title and context:
         context = f"title: {title}, source: {context}"  # the chunk layout of the ChatQA RAG prompt
     instruction = _text(rec, "instruction", path, line)
-    if "messages" not in rec and "question" not in rec and "text" in rec:
+    if rec.get("messages") is None and rec.get("question") is None and rec.get("text") is not None:
         text = _text(rec, "text", path, line, required=True)
         if not text.strip():
             raise InputError("empty text", path=path, line=line, field="text")

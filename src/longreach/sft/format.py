@@ -38,6 +38,8 @@ CUT_MARK = " ... "  # joins the kept halves of a context cut in the middle
 class Encoded:
     ids: list[int]
     mask: list[bool]  # True = the token is a target (an assistant answer token or its EOS)
+    alone: bool = False  # packed into a sequence of its own (plain text: its many targets would outweigh the
+    # few answer tokens of samples sharing the sequence, the loss being the mean over a step's targets)
 
 
 def first_user_text(context: str, instruction: str | None, question: str) -> str:
@@ -138,12 +140,13 @@ def encode(tok: Any, s: Sample, fmt: str, system: str | None, instruction: str |
 
 
 def encode_text(tok: Any, text: str, max_len: int | None = None) -> Encoded:
-    """A plain-text sample: [BOS] + tokens + EOS (the first `max_len` of them), a target everywhere after BOS."""
+    """A plain-text sample: [BOS] + tokens + EOS (the first `max_len` of them), every token but BOS a target
+    (the first one of a text without BOS has nothing before it, so the loss skips it anyway); packed alone."""
     if tok.eos_token_id is None:
         raise InputError("the tokenizer has no EOS token to end a text with", field="tokenizer")
     bos = _bos_first(tok)
     ids = (bos + _ids(tok, text) + [tok.eos_token_id])[:max_len]
-    return Encoded(ids, [False] * len(bos) + [True] * (len(ids) - len(bos)))
+    return Encoded(ids, [False] * len(bos) + [True] * (len(ids) - len(bos)), alone=True)
 
 
 def encode_fitted(tok: Any, s: Sample, fmt: str, system: str | None, instruction: str | None,
@@ -173,10 +176,8 @@ def encode_fitted(tok: Any, s: Sample, fmt: str, system: str | None, instruction
 def prompt_for(tok: Any, s: Sample, fmt: str, system: str | None, instruction: str | None) -> Any:
     """What to give a `longreach.eval.backends` backend to answer the sample's last user turn: the ChatQA text,
     or the messages (the backend renders the template). `s.messages` ends with that user turn."""
-    if fmt not in FORMATS:
-        raise InputError(f"format must be one of {FORMATS}, got {fmt!r}", field="format")
     if s.text is not None:
-        return encode_text(tok, s.text)
+        raise InputError("a plain-text sample has no question to answer", path=s.where or None, field="text")
     instr = s.instruction if s.instruction is not None else instruction
     if fmt == "chatqa":
         return chatqa_prompt(s.system or system or SYSTEM, s.context, s.messages, instr or None)

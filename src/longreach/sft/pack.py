@@ -56,14 +56,15 @@ def pack(samples: Iterable[Encoded], seq_len: int, pad_id: int, packed: bool = T
          open_sequences: int = OPEN_SEQUENCES) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(ids, loss_mask, doc_starts) per sequence. Every sample must be at most seq_len tokens.
 
-    packed=False puts each sample alone in its sequence (padded), for comparisons and debugging.
+    packed=False puts each sample alone in its sequence (padded), for comparisons and debugging; a sample marked
+    `alone` (plain text) always gets a sequence of its own.
     """
     bins: list[tuple[list[Encoded], int]] = []  # (samples, used tokens), oldest first
     for e in samples:
         n = len(e.ids)
         if n > seq_len:
             raise ValueError(f"sample of {n} tokens exceeds seq_len {seq_len} (fit it first)")
-        if not packed:
+        if not packed or e.alone:
             yield _emit([e], seq_len, pad_id)
             continue
         for k, (b, used) in enumerate(bins):

@@ -342,6 +342,8 @@ def make_sample(cfg: SynthConfig, pool: DocPool, length: int, rng: np.random.Gen
     tok = pool.tok
     if cfg.qa == "text":  # language-modelling replay: running text, no question
         text, sources = pool.haystack(int(length * 0.99), rng)
+        if not text:
+            return None
         tokens = count_tokens(tok, text)
         return {"text": text, "qa": "text", "synthetic": False, "target_tokens": length, "tokens": tokens,
                 "length_bin": "<32K" if tokens < LONG_BIN else "32K-128K", "sources": sorted(set(sources))}
@@ -401,6 +403,8 @@ def check_config(cfg: SynthConfig) -> None:
     if cfg.construction not in CONSTRUCTIONS:
         raise InputError(f"construction must be one of {CONSTRUCTIONS}, got {cfg.construction!r}",
                          field="construction")
+    if cfg.qa == "text" and cfg.construction != "insert":
+        raise InputError("qa=text is plain running text: it takes no construction", field="construction")
     if cfg.qa == "records" and not cfg.records:
         raise InputError("qa=records needs `records` (a .jsonl of document, passage, question, answer)",
                          field="records")

@@ -73,6 +73,8 @@ def save(run_dir: str | Path, step: int, model_state: dict[str, torch.Tensor], m
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp, state_dict=model_state, safe_serialization=True)
+    from longreach.model.load import write_config_for_use
+    write_config_for_use(tmp, model.config)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
     torch.save(trainer_state, tmp / "trainer_state.pt")

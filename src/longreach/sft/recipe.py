@@ -249,7 +249,7 @@ def build_stage(cfg: SFTConfig, name: str, tok: Any, tok_hash: str, paths: dict[
                                                               for ds in st.blend}}})
     _log(f"stage {name}: {stats.samples} samples from {sizes} ({stats.truncated} cut in the middle to fit "
          f"{seq_len} tokens, {stats.dropped} dropped) -> {stats.sequences} sequences, fill "
-         f"{stats.fill(seq_len):.2f}, {stats.target_tokens} answer tokens, {time.time() - t0:.1f}s")
+         f"{stats.fill(seq_len):.2f}, {stats.target_tokens} target tokens, {time.time() - t0:.1f}s")
     return manifest
 
 

@@ -225,8 +225,8 @@ def test_shipped_gpu_recipe_loads():
 
 
 def test_text_replay_set_is_packed_with_every_token_a_target(tmp_path, start_model, monkeypatch):
-    """A `qa: text` set in a stage's blend (language-modelling replay): its samples are packed beside the QA
-    samples with a loss on every token, so the stage's target tokens grow by about the replay's tokens."""
+    """A `qa: text` set in a stage's blend (language-modelling replay): each sample gets a sequence of its own
+    with a loss on every token, so the stage's target tokens grow by about the replay's tokens."""
     monkeypatch.chdir(ROOT)
     raw = yaml.safe_load(DEMO.read_text())
     raw["synth"]["replay"] = {"docs": ["paul_graham"], "qa": "text", "lengths": [200], "n": 8, "max_docs": 6}

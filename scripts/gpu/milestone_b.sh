@@ -41,8 +41,9 @@ niah_gen() {  # MODEL NAME: the default needle, 9 lengths x 10 depths, greedy ge
 }
 T=${C##*/}; T=${T%.yaml}  # outputs named after the SFT recipe: another recipe never resumes this one's run
 [ "$T" = smollm2-135m-128k-sft ] && T=sft128  # the measured run's names
+latest() { ls -d "$1"/checkpoints/step-* 2>/dev/null | sort | tail -1; }  # RUN: its newest checkpoint, or ""
 newest() {  # the newest SFT checkpoint's step, 0 before the first
-  local m; m=$(ls -d "$W/$T/sft3/checkpoints"/step-* 2>/dev/null | sort | tail -1)
+  local m; m=$(latest "$W/$T/sft3")
   if [ -n "$m" ]; then echo $((10#${m##*-})); else echo 0; fi
 }
 
@@ -70,7 +71,7 @@ n=$(newest); m=$W/$T/sft3/checkpoints/$(printf 'step-%06d' "$n")
 [ "$n" -gt 0 ] && niah_gen "$m" "$T-$n" 16 || m=
 # retention (short essays) and the whole window (perplexity by position over 128K tokens)
 essays=$($PY -c "from longreach import assets; print(assets.paul_graham_essays())")
-c=$(ls -d "$W"/cpt-128k/checkpoints/step-* 2>/dev/null | sort | tail -1)
+c=$(latest "$W/cpt-128k")
 LR eval ppl --model "$GGUF" ${c:+--model $c} ${m:+--model $m} \
   --text "$essays" --length "$PPL_SHORT" --sequences 8 --out "$W/eval/ppl128-short" > "$W/eval/ppl128-short.log" 2>&1
 LR eval ppl ${c:+--model $c} ${m:+--model $m} --text "$essays" --length "$PPL_LONG" \

@@ -14,7 +14,8 @@
   The context (if any) and the instruction go into the first user message.
 
 A plain-text sample (`Sample.text`) is the same in both formats: [BOS if the tokenizer adds one] + its tokens
-+ EOS, every token after the first a target. Longer than the sequence length, it keeps its beginning.
++ EOS, every token but BOS a target, packed in a sequence of its own. Longer than the sequence length, it keeps
+its beginning.
 
 A sample longer than the sequence length keeps its answers whole: the context is cut in the middle (the
 first and last halves kept, as long-context benchmarks cut inputs) until it fits; without a context to cut it
@@ -139,13 +140,13 @@ def encode(tok: Any, s: Sample, fmt: str, system: str | None, instruction: str |
     return encode_template(tok, s, system, instr or None)
 
 
-def encode_text(tok: Any, text: str, max_len: int | None = None) -> Encoded:
-    """A plain-text sample: [BOS] + tokens + EOS (the first `max_len` of them), every token but BOS a target
-    (the first one of a text without BOS has nothing before it, so the loss skips it anyway); packed alone."""
+def encode_text(tok: Any, text: str) -> Encoded:
+    """A plain-text sample: [BOS] + tokens + EOS, every token but BOS a target (the first one of a text without
+    BOS has nothing before it, so the loss skips it anyway); packed alone."""
     if tok.eos_token_id is None:
         raise InputError("the tokenizer has no EOS token to end a text with", field="tokenizer")
     bos = _bos_first(tok)
-    ids = (bos + _ids(tok, text) + [tok.eos_token_id])[:max_len]
+    ids = bos + _ids(tok, text) + [tok.eos_token_id]
     return Encoded(ids, [False] * len(bos) + [True] * (len(ids) - len(bos)), alone=True)
 
 
@@ -156,7 +157,7 @@ def encode_fitted(tok: Any, s: Sample, fmt: str, system: str | None, instruction
     if len(enc.ids) <= max_len:
         return enc, "ok"
     if s.text is not None:  # plain text: its beginning
-        return encode_text(tok, s.text, max_len), "truncated"
+        return Encoded(enc.ids[:max_len], enc.mask[:max_len], alone=True), "truncated"
     if not s.context:
         return None, "dropped"
     ctx = _ids(tok, s.context)

@@ -65,6 +65,47 @@ def test_resumed_run_matches_uninterrupted(tiny_model, pattern_shards, tmp_path)
         assert torch.allclose(full[name], split[name], atol=1e-6), name
 
 
+def test_stop_file_saves_the_step_and_the_run_resumes(tiny_model, pattern_shards, tmp_path, monkeypatch):
+    """A STOP file in the run folder ends the run after the step in progress, with a checkpoint of that step;
+    running again goes on to the same losses and weights as a run never stopped."""
+    from longreach.train import loop
+    train(_cfg(tiny_model, pattern_shards, tmp_path / "full"))
+    run = tmp_path / "stopped"
+    real_lr_at = loop.lr_at
+
+    def lr_at(step, cfg):  # asks for the stop while step 3 (index 2) trains
+        if step == 2:
+            (run / loop.STOP_FILE).touch()
+        return real_lr_at(step, cfg)
+
+    monkeypatch.setattr(loop, "lr_at", lr_at)
+    out = train(_cfg(tiny_model, pattern_shards, run))
+    assert out["stopped"] and out["step"] == 3 and checkpoint.read_meta(out["checkpoint"])["step"] == 3
+    monkeypatch.setattr(loop, "lr_at", real_lr_at)
+    out = train(_cfg(tiny_model, pattern_shards, run))  # the STOP file left behind is cleared, not obeyed
+    assert not out["stopped"] and out["step"] == 6 and not (run / loop.STOP_FILE).exists()
+    assert _losses(run) == pytest.approx(_losses(tmp_path / "full"), abs=1e-6)
+    full, resumed = _weights(tmp_path / "full"), _weights(run)
+    for name in full:
+        assert torch.allclose(full[name], resumed[name], atol=1e-6), name
+
+
+def test_stop_file_with_a_step_number_ends_there(tiny_model, pattern_shards, tmp_path, monkeypatch):
+    from longreach.train import loop
+    run = tmp_path / "run"
+    real_lr_at = loop.lr_at
+
+    def lr_at(step, cfg):  # written once training runs (a file there at the start is a stale one, removed)
+        if step == 0:
+            (run / loop.STOP_FILE).write_text("4\n")
+        return real_lr_at(step, cfg)
+
+    monkeypatch.setattr(loop, "lr_at", lr_at)
+    out = train(_cfg(tiny_model, pattern_shards, run))
+    assert out["stopped"] and out["step"] == 4 and len(_losses(run)) == 4
+    assert checkpoint.read_meta(checkpoint.latest(run))["step"] == 4
+
+
 def test_accumulated_equals_large_batch(tiny_model, pattern_shards, tmp_path):
     train(_cfg(tiny_model, pattern_shards, tmp_path / "big", micro_batch=4, grad_accum=1, max_steps=3))
     train(_cfg(tiny_model, pattern_shards, tmp_path / "acc", micro_batch=1, grad_accum=4, max_steps=3))
@@ -138,6 +179,27 @@ def test_killed_run_resumes_to_same_losses(tiny_model, tmp_path):
     assert checkpoint.latest(run) is not None and len(_losses(run)) < 16
     subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert _losses(run) == pytest.approx(_losses(tmp_path / "full"), abs=1e-6)
+
+
+def test_sigterm_saves_the_step_in_progress(tiny_model, tmp_path):
+    """SIGTERM (a scheduler's preemption) ends the run cleanly after its current step, saved although the step is
+    not a multiple of save_every."""
+    data = write_pattern_shards(tmp_path / "shards", n_seq=32, seq_len=64)
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "longreach.cli", "train", "--model", str(tiny_model), "--data", str(data),
+            "--out", str(run)] + [f"--set={k}={v}" for k, v in {"max_steps": 400, "save_every": 1000, "micro_batch": 4,
+                                                               "progress": False}.items()]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_losses(run) if (run / "metrics.jsonl").exists() else []) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "stopped on request" in err
+    step = checkpoint.read_meta(checkpoint.latest(run))["step"]
+    assert 3 <= step < 400 and step == len(_losses(run))
 
 
 def test_shards_of_another_tokenizer_are_refused(tmp_path):

@@ -4,11 +4,15 @@
 #   bash scripts/gpu/collect.sh SECONDS MARKER DIR...
 # waits until MARKER exists or SECONDS pass, then packs DIR... (logs, results; no weights) into $OUT/all.tgz,
 # and each demo base model found under them (a few MB of safetensors) into $OUT/base-NAME.tgz.
+# SHOW="GLOB..." prints the last line of each matching log first (progress bars split at carriage returns).
 set -uo pipefail
 wait_s=$1 marker=$2; shift 2
 t0=$SECONDS
 until [ -e "$marker" ] || [ $((SECONDS - t0)) -ge "$wait_s" ]; do sleep 10; done
 echo "waited $((SECONDS - t0)) s; marker $marker: $([ -e "$marker" ] && echo present || echo absent)"
+for f in ${SHOW:-}; do
+  [ -f "$f" ] && echo "$f: $(tr '\r' '\n' < "$f" | grep -v '^[[:space:]]*$' | tail -n 1 | cut -c1-300)"
+done
 nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv,noheader 2>/dev/null || true
 tar -czf "$OUT/all.tgz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.gguf' --exclude='*.bin' \
   --exclude='*/data/*' --exclude='*/base-data/*' --exclude='*/corpus/*' --exclude='*/shards/*' "$@" 2>/dev/null

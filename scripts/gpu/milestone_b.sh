@@ -1,80 +1,149 @@
 #!/usr/bin/env bash
-# Issue 4's milestone B (8K -> 32K -> 128K) as one chain on one GPU, after `smollm2_pipeline.sh setup stage-a`
-# and `stage-b corpus` (the GGUF joined and the corpus unpacked in /root/stage). Started in its own process
-# session, the chain outlives the device call, so the GPU never waits between calls; run it from a copy of the
-# repository (a later call re-copies the tree under a running chain):
+# Issue 4's milestone B (8K -> 32K -> 128K) as one chain, after `smollm2_pipeline.sh setup stage-a` and
+# `stage-b corpus` (the GGUF joined and the corpus unpacked in /root/stage). Started in its own process session,
+# the chain outlives the device call, so the GPU never waits between calls; run it from a copy of the repository
+# (a later call re-copies the tree under a running chain):
 #   rm -rf /root/rB && mkdir /root/rB && cp -r src scripts configs /root/rB && cd /root/rB &&
 #   (setsid nohup bash scripts/gpu/milestone_b.sh > /root/outB.txt 2>&1 < /dev/null &)
-# and later calls `bash scripts/gpu/collect.sh 540 /root/work/eval/ppl128-long.log /root/work/eval ...`.
-# SFT_RECIPE picks the 128K SFT config (default configs/smollm2-135m-128k-sft.yaml). Its logs go to MB_OUT
-# (default /root/outB), never to the call's $OUT, which is emptied before each call.
-# Steps, all longreach's own commands (docs/RESULTS.md, milestone B, measured this way on an H200, 2026-11-26):
-#   CPU, beside the 32K training: the corpus packed at 128K; the 128K SFT data (configs/smollm2-135m-128k-sft.yaml)
+# and later calls `bash scripts/gpu/collect.sh 540 /root/outB/.done /root/work/eval ...`.
+# Its logs go to MB_OUT (default /root/outB), never to the call's $OUT, which is emptied before each call.
+#
+# SFT_RECIPES: the 128K SFT runs, "CONFIG[:STEPS]" each (STEPS absent: the config's one pass), all from the same
+# 128K continued-pretraining model; run i trains on GPU i mod NGPU. Outputs are named after the config.
+# NGPU=2: the 32K stage runs FSDP2 data parallel (2 GPUs x 2 micro-batches = the config's 4 x 32K per step, the
+# same sequences in the same steps) and the 128K stage context parallel (one 128K sequence split over 2 GPUs);
+# then each GPU trains one SFT recipe.
+# Steps, all longreach's own commands (docs/RESULTS.md, milestone B):
+#   CPU, beside the 32K training: the corpus packed at 128K; each recipe's SFT data
 #   GPU: prepare32 extend train32 (milestone A's recipe) -> extend128 (base to the 128K bound) -> train128 ->
-#        long-context SFT at 128K, one sequence per step on a 106-step schedule (two passes), stopped once the
-#        step-SFT_STOP checkpoint exists (81: what a 30-minute hold allows with the evaluations; SFT_STOP=106
-#        runs it out), NIAH of the 128K continued-pretraining model and of the step-54 checkpoint beside it ->
-#        NIAH 1K-128K of the stopped SFT model -> perplexity: short essays (retention) and by position over 128K.
+#        per recipe: long-context SFT at 128K, one sequence per step, stopped early (the STOP file: the step in
+#        progress is saved) after step SFT_STOP (0: never) or SFT_DEADLINE_S seconds after the chain started (0:
+#        never) -> NIAH 1K-128K
+#        of its last checkpoint -> perplexity: short essays (retention) and by position over 128K.
+#   Beside the SFT: NIAH of the 128K continued-pretraining model (EVAL_CPT=1) and the perplexity of the original
+#   and the continued-pretraining models.
+# Measured: session 4 (one H200): SFT_RECIPES=configs/smollm2-135m-128k-sft.yaml:106 SFT_STOP=81 SFT_HALF=54;
+# session 5 (two GPUs): see docs/RESULTS.md for the exact variables.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 P=scripts/gpu/smollm2_pipeline.sh
 O=${MB_OUT:-/root/outB}
 W=${WORK:-/root/work}
-C=${SFT_RECIPE:-configs/smollm2-135m-128k-sft.yaml}
-SFT_STEPS=${SFT_STEPS:-106}  # two passes of 53 sequences (the -replay recipe: 59, so 118)
-SFT_STOP=${SFT_STOP:-81}
+RECIPES=${SFT_RECIPES:-configs/smollm2-135m-128k-sft-replay.yaml:118}
+NGPU=${NGPU:-1}
+SFT_STOP=${SFT_STOP:-0}
+SFT_HALF=${SFT_HALF:-0}  # > 0: an interim NIAH of the first checkpoint at or after this step, beside the SFT
+SFT_SAVE=${SFT_SAVE:-27}
+SFT_DEADLINE_S=${SFT_DEADLINE_S:-0}
+EVAL_CPT=${EVAL_CPT:-0}
 L128=${LENGTHS128:-1000,4000,8000,16000,32000,48000,64000,96000,128000}
 D=${MB_DEPTHS:-0,11,22,33,44,56,67,78,89,100}
 GGUF=${ORIG_MODEL:-/root/stage/smollm2.gguf}
 PY=${PY:-python3}
-SFT_SAVE=${SFT_SAVE:-27} SFT_HALF=${SFT_HALF:-54}  # checkpoint interval; the interim NIAH's checkpoint
 PPL_SHORT=${PPL_SHORT:-4096} PPL_LONG=${PPL_LONG:-131072}
 # A CPU smoke run at toy sizes (docs/LOG.md): SMOKE=1 SEQ32=1024 SEQ128=2048 STAGE=... WORK=... PY=python
-# ORIG_MODEL=SRC_MODEL=<gguf> LENGTHS128=400,600 MB_DEPTHS=0,100 SFT_STEPS=4 SFT_SAVE=1 SFT_HALF=2 SFT_STOP=3
-# PPL_SHORT=256 PPL_LONG=1024 MB_OUT=... bash scripts/gpu/milestone_b.sh
+# ORIG_MODEL=SRC_MODEL=<gguf> LENGTHS128=400,600 MB_DEPTHS=0,100 SFT_RECIPES="configs/smollm2-128k-sft-smoke.yaml:6"
+# NGPU=2 SFT_SAVE=1 SFT_HALF=2 SFT_STOP=3 PPL_SHORT=256 PPL_LONG=1024 MB_OUT=... bash scripts/gpu/milestone_b.sh
 export WORK=$W PYTHONPATH="$PWD/src:/tmp/site" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$O" "$W/eval"
+t_start=$(date +%s)
 LR() { $PY -m longreach.cli "$@"; }
-niah_gen() {  # MODEL NAME: the default needle, 9 lengths x 10 depths, greedy generation
+niah_gen() {  # MODEL NAME [BATCH]: the default needle, 9 lengths x 10 depths, greedy generation
   LR eval niah --model "$1" --out "$W/eval/$2-generate" --lengths $L128 --depths $D \
     --mode generate --batch-size "${3:-8}" > "$W/eval/$2-generate.log" 2>&1 || echo "niah $2 failed" >> "$O/gpu.txt"
 }
-T=${C##*/}; T=${T%.yaml}  # outputs named after the SFT recipe: another recipe never resumes this one's run
-[ "$T" = smollm2-135m-128k-sft ] && T=sft128  # the measured run's names
+ppl() {  # NAME LENGTH SEQUENCES [BUCKETS] --model M...: perplexity of the essays (no model trained on them)
+  local name=$1 len=$2 n=$3 b=$4; shift 4
+  LR eval ppl "$@" --text "$essays" --length "$len" --sequences "$n" ${b:+--buckets $b} \
+    --out "$W/eval/$name" > "$W/eval/$name.log" 2>&1 || echo "ppl $name failed" >> "$O/gpu.txt"
+}
+name_of() {  # CONFIG: the run's name (the session-4 run keeps its measured name)
+  local t=${1##*/}; t=${t%.yaml}
+  [ "$t" = smollm2-135m-128k-sft ] && t=sft128
+  echo "$t"
+}
 latest() { ls -d "$1"/checkpoints/step-* 2>/dev/null | sort | tail -1; }  # RUN: its newest checkpoint, or ""
-newest() {  # the newest SFT checkpoint's step, 0 before the first
-  local m; m=$(latest "$W/$T/sft3")
+newest() {  # NAME: the newest SFT checkpoint's step, 0 before the first
+  local m; m=$(latest "$W/$1/sft3")
   if [ -n "$m" ]; then echo $((10#${m##*-})); else echo 0; fi
 }
+ckpt() { echo "$W/$1/sft3/checkpoints/$(printf 'step-%06d' "$2")"; }  # NAME STEP
 
-(OUT=$O/cpu bash $P prepare128; SFT_CONFIG=$C SFTDATA_OUT=$W/data-$T OUT=$O/cpu bash $P sftdata) > "$O/cpu.txt" 2>&1 &
-cpu=$!
-OUT=$O/gpu bash $P prepare32 extend train32 extend128 > "$O/gpu.txt" 2>&1
-wait $cpu
-OUT=$O/gpu bash $P train128 >> "$O/gpu.txt" 2>&1
-NIAH_BATCH=4 OUT=$O/eval bash $P eval128 > "$O/eval.txt" 2>&1 &  # the 128K continued-pretraining model
-SFT_CONFIG=$C SFT_DATA=$W/data-$T SFT_FROM=$W/cpt-128k SFT=$W/$T SFT_NAME=$T \
-  SFT_SET="--set train.grad_accum=1 --set train.save_every=$SFT_SAVE --set stages.sft3.train.max_steps=$SFT_STEPS" \
-  OUT=$O/gpu setsid bash $P sft3 >> "$O/gpu.txt" 2>&1 &  # its own process group: stopped as one below
-sft=$!
-half=
-while kill -0 $sft 2>/dev/null; do  # an interim NIAH at the first checkpoint >= SFT_HALF; stop at >= SFT_STOP
-  n=$(newest)
-  if [ -z "$half" ] && [ "$n" -ge "$SFT_HALF" ]; then
-    half=$W/$T-$n; cp -r "$W/$T/sft3/checkpoints/$(printf 'step-%06d' "$n")" "$half" && niah_gen "$half" "$T-$n" &
-  fi
-  [ "$n" -ge "$SFT_STOP" ] && { kill -TERM -- -$sft 2>/dev/null; break; }  # the hold's limit
-  sleep 5
+sft_run() {  # CONFIG STEPS GPU: one 128K SFT (started once its data exist), its NIAH and perplexity
+  local C=$1 steps=$2 T half= n m sft
+  T=$(name_of "$C")
+  export CUDA_VISIBLE_DEVICES=$3
+  until [ -e "$W/data-$T/.done" ]; do
+    grep -q "FAILED sft data" "$O/cpu-$T/pipeline.log" 2>/dev/null && { echo "no SFT data for $T" >> "$O/gpu.txt"; return; }
+    sleep 5
+  done
+  local set="--set train.grad_accum=1 --set train.save_every=$SFT_SAVE"
+  [ -z "$steps" ] || set+=" --set stages.sft3.train.max_steps=$steps"
+  SFT_CONFIG=$C SFT_DATA=$W/data-$T SFT_FROM=$W/cpt-128k SFT=$W/$T SFT_NAME=$T SFT_SET="$set" \
+    OUT=$O/gpu-$T bash $P sft3 > "$O/gpu-$T.txt" 2>&1 &
+  sft=$!
+  local log=$W/$T/sft3/metrics.jsonl asked=
+  local lines0; lines0=$(cat "$log" 2>/dev/null | wc -l)
+  while kill -0 $sft 2>/dev/null; do  # the interim NIAH; the early stop (at a step, or by the hold's clock)
+    n=$(newest "$T")
+    if [ -z "$half" ] && [ "$SFT_HALF" -gt 0 ] && [ "$n" -ge "$SFT_HALF" ]; then
+      half=$W/$T-$n; cp -r "$(ckpt "$T" "$n")" "$half" && niah_gen "$half" "$T-$n" &
+    fi
+    # the trainer's STOP file (train/loop.py), written once this run has logged a step (a file there before
+    # its start is a stale one and removed): a step number ends it there; an empty file after the step in progress
+    if [ "$(cat "$log" 2>/dev/null | wc -l)" -le "$lines0" ]; then sleep 5; continue; fi
+    if [ -z "$asked" ] && [ "$SFT_STOP" -gt 0 ]; then
+      echo "$SFT_STOP" > "$W/$T/sft3/STOP"; asked=1
+    fi
+    if [ "$SFT_DEADLINE_S" -gt 0 ] && [ $(($(date +%s) - t_start)) -ge "$SFT_DEADLINE_S" ]; then
+      echo "$T asked to stop at $(($(date +%s) - t_start)) s into the chain" >> "$O/gpu.txt"
+      : > "$W/$T/sft3/STOP"; break
+    fi
+    sleep 5
+  done
+  wait
+  n=$(newest "$T"); [ "$n" -gt 0 ] || return
+  m=$(ckpt "$T" "$n")
+  echo "$T: NIAH and perplexity of step $n" >> "$O/gpu.txt"
+  niah_gen "$m" "$T-$n" 16
+  ppl "ppl128-short-$T-$n" "$PPL_SHORT" 8 "" --model "$m"
+  ppl "ppl128-long-$T-$n" "$PPL_LONG" 1 16 --model "$m"
+  cp "$W/$T.log" "$W/eval/" 2>/dev/null
+}
+
+(OUT=$O/cpu bash $P prepare128 > "$O/cpu.txt" 2>&1; touch "$O/.prepare128") &
+for r in $RECIPES; do  # each recipe's SFT data, beside the GPU steps (CPU only)
+  C=${r%%:*}; T=$(name_of "$C")
+  SFT_CONFIG=$C SFTDATA_OUT=$W/data-$T OUT=$O/cpu-$T bash $P sftdata > "$O/cpu-$T.txt" 2>&1 &
 done
-wait
-n=$(newest); m=$W/$T/sft3/checkpoints/$(printf 'step-%06d' "$n")
-[ "$n" -gt 0 ] && niah_gen "$m" "$T-$n" 16 || m=
-# retention (short essays) and the whole window (perplexity by position over 128K tokens)
+ga=$($PY -c "import yaml; print(yaml.safe_load(open('configs/smollm2-135m-32k.yaml'))['grad_accum'])")
+multi() {  # STEP SET: a training step on NGPU GPUs; should it fail there, again on one GPU (resuming its last
+  # checkpoint, which holds the full, unsharded state)
+  TRAIN_GPUS=$NGPU TRAIN_SET="$2" OUT=$O/gpu bash $P "$1" >> "$O/gpu.txt" 2>&1
+  if [ "$NGPU" -gt 1 ] && grep -q "FAILED $1" "$O/gpu/pipeline.log"; then
+    echo "$1 failed on $NGPU GPUs: again on one" >> "$O/gpu.txt"
+    OUT=$O/gpu1 bash $P "$1" >> "$O/gpu.txt" 2>&1
+  fi
+}
+OUT=$O/gpu bash $P prepare32 extend > "$O/gpu.txt" 2>&1
+multi train32 "--set grad_accum=$((ga / NGPU))"
+OUT=$O/gpu bash $P extend128 >> "$O/gpu.txt" 2>&1
+until [ -e "$O/.prepare128" ]; do sleep 5; done
+multi train128 "--set context_parallel=$NGPU"
 essays=$($PY -c "from longreach import assets; print(assets.paul_graham_essays())")
-c=$(latest "$W/cpt-128k")
-LR eval ppl --model "$GGUF" ${c:+--model $c} ${m:+--model $m} \
-  --text "$essays" --length "$PPL_SHORT" --sequences 8 --out "$W/eval/ppl128-short" > "$W/eval/ppl128-short.log" 2>&1
-LR eval ppl ${c:+--model $c} ${m:+--model $m} --text "$essays" --length "$PPL_LONG" \
-  --sequences 1 --buckets 16 --out "$W/eval/ppl128-long" > "$W/eval/ppl128-long.log" 2>&1
-cp "$W"/train32.log "$W"/train128.log "$W/$T.log" "$W/eval/" 2>/dev/null
+i=0
+for r in $RECIPES; do
+  C=${r%%:*}; s=${r#"$C"}; s=${s#:}
+  sft_run "$C" "$s" $((i % NGPU)) &
+  i=$((i + 1))
+done
+( export CUDA_VISIBLE_DEVICES=0  # beside the SFT: the models it starts from
+  [ "$EVAL_CPT" = 1 ] && NIAH_BATCH=4 OUT=$O/eval bash $P eval128 > "$O/eval.txt" 2>&1
+  c=$(latest "$W/cpt-128k")
+  ppl ppl128-short-base "$PPL_SHORT" 8 "" --model "$GGUF" ${c:+--model $c}
+  [ -z "$c" ] || ppl ppl128-long-cpt128 "$PPL_LONG" 1 16 --model "$c" ) &
+wait
+cp "$W"/train32.log "$W"/train128.log "$W/eval/" 2>/dev/null
+cp -r "$W"/cpt-32k/metrics.jsonl "$W/eval/cpt32-metrics.jsonl" 2>/dev/null
+cp -r "$W"/cpt-128k/metrics.jsonl "$W/eval/cpt128-metrics.jsonl" 2>/dev/null
 touch "$O/.done"

@@ -48,6 +48,13 @@ OUT=$(cd "$OUT" && pwd)
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH="$REPO/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 LR() { $PY -m longreach.cli "$@"; }
+LRT() {  # `longreach train`, on TRAIN_GPUS GPUs through torchrun when more than one (FSDP2 / context parallel)
+  if [ "${TRAIN_GPUS:-1}" -gt 1 ]; then
+    $PY -m torch.distributed.run --standalone --nproc-per-node "$TRAIN_GPUS" -m longreach.cli "$@"
+  else
+    LR "$@"
+  fi
+}
 
 GGUF=$STAGE/smollm2.gguf
 BASE32=$WORK/smollm2-32k-base
@@ -61,6 +68,7 @@ SFT=${SFT:-$WORK/sft}
 SFT_NAME=${SFT_NAME:-sft3}  # names its eval outputs (two SFT runs side by side on two GPUs)
 SFT_DATA=${SFT_DATA:-}  # made by step sftdata: copied into $SFT instead of building the data again
 LQA_LENGTHS=${LQA_LENGTHS:-8000,16000,32000}
+SFT_CONFIG_GIVEN=${SFT_CONFIG:-}
 SFT_CONFIG=${SFT_CONFIG:-configs/sft-smollm2-longqa.yaml}
 LQA_FORMAT=${LQA_FORMAT:-template}  # as configs/sft-smollm2-longqa.yaml tunes
 DEPTHS=0,11,22,33,44,56,67,78,89,100
@@ -69,7 +77,7 @@ NIAH_BATCH=${NIAH_BATCH:-8}
 SMOKE_SET=()
 if [ -n "${SMOKE:-}" ]; then  # toy sizes for the CPU test: same commands, same files
   DEPTHS=0,100; LENGTHS32=400,600; LENGTHS128=400,600; NIAH_BATCH=2; LQA_LENGTHS=300; LQA_N=2
-  SFT_CONFIG=configs/sft-demo-cpu.yaml; LQA_FORMAT=chatqa; SELFCHAT_N=2; SELFCHAT_ARGS="--passage-tokens 40,80 --max-new-tokens 96"
+  SFT_CONFIG=${SFT_CONFIG_GIVEN:-configs/sft-demo-cpu.yaml}; LQA_FORMAT=chatqa; SELFCHAT_N=2; SELFCHAT_ARGS="--passage-tokens 40,80 --max-new-tokens 96"
   SMOKE_SET=(--set max_steps=2 --set grad_accum=1 --set save_every=1 --set warmup_steps=1)
 fi
 
@@ -137,7 +145,7 @@ step_extend() {  # base 1e5 -> the Men et al. bound for head dim 64 at 32K (1.6e
 }
 train_run() {  # NAME CONFIG MODEL DATA RUN: one `longreach train`, its log and metrics kept
   local name=$1 config=$2 model=$3 data=$4 run=$5
-  timed LR train -c "$config" --model "$model" --data "$data" --out "$run" ${TRAIN_SET:-} \
+  timed LRT train -c "$config" --model "$model" --data "$data" --out "$run" ${TRAIN_SET:-} \
     ${SMOKE_SET[@]+"${SMOKE_SET[@]}"} > "$WORK/$name.log" 2>&1 || log "  FAILED $name (see $name.log)"
   tail -2 "$WORK/$name.log" | tee -a "$OUT/pipeline.log"
   keep "$name.log" "$(basename "$run")/metrics.jsonl"

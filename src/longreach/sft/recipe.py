@@ -304,4 +304,7 @@ def run(cfg: SFTConfig, prepare_only: bool = False) -> dict[str, Any]:
             res = train(tcfg)
         results.append({"stage": name, "skipped": done, **res})
         start = res["checkpoint"]
+        if res.get("stopped"):  # stopped on request (STOP file, SIGTERM): the later stages wait for a re-run
+            _log(f"stage {name}: stopped at step {res['step']}; run the recipe again to resume")
+            break
     return {"out": str(out), "final": start, "stages": results}

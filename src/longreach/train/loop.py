@@ -5,6 +5,11 @@
 Run:
     longreach train --config configs/demo-cpu.yaml            # CPU or one GPU
     torchrun --nproc-per-node 2 -m longreach.cli train --config FILE   # FSDP2 (+ context_parallel: 2)
+
+Stopping early without losing steps: create the file STOP in the run's folder, or send SIGTERM (a scheduler's
+preemption): the step in progress finishes, a checkpoint is saved, and the run ends; resuming it later goes on
+from that step. A STOP file holding a step number N ends the run after step N instead (the learning-rate
+schedule stays that of max_steps). A STOP file left from an earlier stop is removed when a run starts.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -193,6 +199,46 @@ def _metrics_restart(path: Path, step: int) -> None:
         path.write_text("".join(ln + "\n" for ln in keep))
 
 
+STOP_FILE = "STOP"
+
+
+class StopRequest:
+    """A request to end the run after the current step: the STOP file in the run folder, or SIGTERM."""
+
+    def __init__(self, out: Path, d: parallel.Dist):
+        self.file, self.d, self.signalled = out / STOP_FILE, d, False
+        if d.main:
+            self.file.unlink(missing_ok=True)  # a stale request from an earlier stop
+        self._old = signal.signal(signal.SIGTERM, self._on_signal) if _main_thread() else None
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signalled = True
+
+    def asked(self, step: int) -> bool:
+        """This rank's view: SIGTERM, or a STOP file that is empty or names a step already reached."""
+        if self.signalled:
+            return True
+        try:
+            text = self.file.read_text().strip()
+        except FileNotFoundError:
+            return False
+        return not text.isdigit() or step >= int(text)
+
+    def __call__(self, step: int) -> bool:
+        """Whether any rank was asked to stop (every rank gets the same answer, so all stop at one step)."""
+        flag = torch.tensor(float(self.asked(step)), device=self.d.device)
+        return parallel.all_reduce_sum(flag, self.d).item() > 0
+
+    def close(self) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) a training run; returns a summary with the final loss and the last checkpoint."""
     if not cfg.model or not cfg.data:
@@ -248,58 +294,69 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     bar = _progress(cfg, d, step)
     log = (out / "metrics.jsonl").open("a") if d.main else None
     last_loss = float("nan")
+    stop, stopped = StopRequest(out, d), False
     model.train()
-    while step < cfg.max_steps:
-        t0 = time.perf_counter()
-        # --- data: every micro-batch of the step, so the loss can be normalised by the step's token count
-        micro = batches.next_step(cfg.micro_batch, cfg.grad_accum, cfg.doc_mask)
-        n_tokens = torch.tensor(float(sum(int((m["labels"] != IGNORE).sum()) for m in micro)), device=d.device)
-        n_tokens = parallel.all_reduce_sum(n_tokens, d)
-        if n_tokens.item() == 0:
-            raise InputError(f"step {step} has no token with a loss (all labels masked)", path=cfg.data)
-        # --- forward, loss, backward
-        loss_sum = forward_backward(model, micro, n_tokens, autocast, d)
-        loss_val = parallel.all_reduce_sum(loss_sum, d).item() / n_tokens.item()
-        # --- step
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
-                                               else float("inf"))
-        gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
-        if not (math.isfinite(loss_val) and math.isfinite(gnorm)):
-            last = checkpoint.latest(out)
-            raise TrainingDiverged(f"loss {loss_val} / gradient norm {gnorm} at step {step + 1}; "
-                                   f"the weights were not updated; last good checkpoint: {last or 'none'}")
-        lr = lr_at(step, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        last_loss = loss_val
-        # --- log
-        if d.device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        rec = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": gnorm, "tokens": int(n_tokens.item()),
-               "tokens_per_s": micro_tokens(micro) * d.world / dt, "step_time_s": dt,
-               "data_position": batches.position}
-        if d.device.type == "cuda":
-            rec["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        if log is not None and (step % cfg.log_every == 0 or step == cfg.max_steps):
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-        if bar is not None:
-            bar.set_postfix(loss=f"{loss_val:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
-            bar.update(1)
-        # --- checkpoint
-        if step % cfg.save_every == 0 or step == cfg.max_steps:
-            _save(out, step, model, tok, opt, batches, meta, cfg, d)
+    try:
+        while step < cfg.max_steps:
+            t0 = time.perf_counter()
+            # --- data: every micro-batch of the step, so the loss can be normalised by the step's token count
+            micro = batches.next_step(cfg.micro_batch, cfg.grad_accum, cfg.doc_mask)
+            n_tokens = torch.tensor(float(sum(int((m["labels"] != IGNORE).sum()) for m in micro)), device=d.device)
+            n_tokens = parallel.all_reduce_sum(n_tokens, d)
+            if n_tokens.item() == 0:
+                raise InputError(f"step {step} has no token with a loss (all labels masked)", path=cfg.data)
+            # --- forward, loss, backward
+            loss_sum = forward_backward(model, micro, n_tokens, autocast, d)
+            loss_val = parallel.all_reduce_sum(loss_sum, d).item() / n_tokens.item()
+            # --- step
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
+                                                   else float("inf"))
+            gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
+            if not (math.isfinite(loss_val) and math.isfinite(gnorm)):
+                last = checkpoint.latest(out)
+                raise TrainingDiverged(f"loss {loss_val} / gradient norm {gnorm} at step {step + 1}; "
+                                       f"the weights were not updated; last good checkpoint: {last or 'none'}")
+            lr = lr_at(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            last_loss = loss_val
+            # --- log
+            if d.device.type == "cuda":
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            rec = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": gnorm, "tokens": int(n_tokens.item()),
+                   "tokens_per_s": micro_tokens(micro) * d.world / dt, "step_time_s": dt,
+                   "data_position": batches.position}
+            if d.device.type == "cuda":
+                rec["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            if log is not None and (step % cfg.log_every == 0 or step == cfg.max_steps):
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss_val:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+                bar.update(1)
+            # --- checkpoint (and an early stop, asked for by the STOP file or SIGTERM)
+            stopped = step < cfg.max_steps and stop(step)
+            if step % cfg.save_every == 0 or step == cfg.max_steps or stopped:
+                _save(out, step, model, tok, opt, batches, meta, cfg, d)
+            if stopped:
+                if d.main:
+                    print(f"stopped on request after step {step} of {cfg.max_steps}; checkpoint saved, "
+                          "run again to resume", file=sys.stderr)
+                break
+    finally:
+        stop.close()  # SIGTERM acts as before once the run is over
     if bar is not None:
         bar.close()
     if log is not None:
         log.close()
     final = checkpoint.latest(out)
     parallel.teardown()
-    return {"run": str(out), "step": step, "loss": last_loss, "checkpoint": str(final) if final else None}
+    return {"run": str(out), "step": step, "loss": last_loss, "checkpoint": str(final) if final else None,
+            "stopped": stopped}
 
 
 def forward_backward(model: torch.nn.Module, micro: list[dict[str, torch.Tensor]], n_tokens: torch.Tensor,

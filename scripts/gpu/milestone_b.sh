@@ -23,7 +23,10 @@
 #   Beside the SFT: NIAH of the 128K continued-pretraining model (EVAL_CPT=1) and the perplexity of the original
 #   and the continued-pretraining models.
 # Measured: session 4 (one H200): SFT_RECIPES=configs/smollm2-135m-128k-sft.yaml:106 SFT_STOP=81 SFT_HALF=54;
-# session 5 (two GPUs): see docs/RESULTS.md for the exact variables.
+# session 5 (2 x H200): NGPU=2 SFT_DEADLINE_S=1080 SFT_RECIPES="configs/smollm2-135m-128k-sft-replay.yaml:118
+# configs/smollm2-135m-128k-sft-long.yaml" (the 128K model 7.4 min after the start; SFT steps 6.9-7.5 s, so the
+# deadline stopped them at 89 and 82; both were resumed to the end afterwards: docs/LOG.md). With ~28 minutes
+# of hold, SFT_DEADLINE_S=1300 lets ~115 SFT steps finish and leaves ~4 minutes for the evaluations.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 P=scripts/gpu/smollm2_pipeline.sh
@@ -74,7 +77,9 @@ sft_run() {  # CONFIG STEPS GPU: one 128K SFT (started once its data exist), its
   T=$(name_of "$C")
   export CUDA_VISIBLE_DEVICES=$3
   until [ -e "$W/data-$T/.done" ]; do
-    grep -q "FAILED sft data" "$O/cpu-$T/pipeline.log" 2>/dev/null && { echo "no SFT data for $T" >> "$O/gpu.txt"; return; }
+    if grep -q "FAILED sft data" "$O/cpu-$T/pipeline.log" 2>/dev/null; then
+      echo "no SFT data for $T" >> "$O/gpu.txt"; return
+    fi
     sleep 5
   done
   local set="--set train.grad_accum=1 --set train.save_every=$SFT_SAVE"

@@ -29,6 +29,8 @@
 #   C=configs/smollm2-135m-128k-sft.yaml; W=/root/work; SFT_CONFIG=$C SFTDATA_OUT=$W/sftdata128 ... sftdata
 #   SFT_CONFIG=$C SFT_DATA=$W/sftdata128 SFT_FROM=$W/cpt-128k SFT=$W/sft128 SFT_NAME=sft128 ... sft3
 #   EVAL128_SFT=1 SFT=$W/sft128 SFT_NAME=sft128 ... eval128
+# On two GPUs (session 5, 2 x H200; milestone_b.sh NGPU=2): TRAIN_GPUS=2 runs `longreach train` under torchrun,
+#   TRAIN_GPUS=2 TRAIN_SET="--set grad_accum=2" ... train32; TRAIN_GPUS=2 TRAIN_SET="--set context_parallel=2" ... train128
 # The self-chat lever (instruct behaviour kept by mixing the model's own chat answers into the long data):
 #   carry .stage/corpus (+ the GGUF parts as above), then
 #   bash scripts/gpu/smollm2_pipeline.sh corpus selfchat prepare32-chat extend

@@ -13,7 +13,7 @@ import torch
 
 from longreach.train import attention, parallel
 from longreach.train.loop import CausalLMLoss, document_positions, forward_backward
-from longreach.train.loss import shift_labels
+from longreach.train.loss import IGNORE, shift_labels
 
 
 def _lm(layers: int = 3):
@@ -109,6 +109,32 @@ def test_flex_without_documents_is_plain_causal_attention():
     lm = _lm(2)
     lm.config._attn_implementation = attention.FLEX_NAME
     assert _forward_loss(lm, batch) == pytest.approx(_forward_loss(_lm(2), batch), abs=1e-4)
+
+
+def test_flex_skips_the_mask_when_only_the_first_document_has_targets(monkeypatch):
+    """A row holding one sample and then padding (or samples without targets) needs no document mask: plain
+    causal attention (SDPA, cuDNN on a GPU) gives the masked loss, and no block mask is built."""
+    attention.register()
+    ids = torch.randint(0, 64, (1, 64), generator=torch.Generator().manual_seed(3))
+    starts = [torch.tensor([0, 40]).numpy()]
+    labels = shift_labels(ids)
+    first_only = labels.clone()
+    first_only[:, 39:] = IGNORE
+    ref = _forward_loss(_lm(2), {"input_ids": ids, "labels": first_only, **document_positions(64, starts)})
+    pos = document_positions(64, starts, dense_mask=False)
+    lm = _lm(2)
+    lm.config._attn_implementation = attention.FLEX_NAME
+    built = []
+    real = attention.doc_block_mask
+    monkeypatch.setattr(attention, "doc_block_mask", lambda p: built.append(1) or real(p))
+    assert _forward_loss(lm, {"input_ids": ids, "labels": first_only, **pos}) == pytest.approx(ref, abs=1e-4)
+    assert not built
+    # a target in the second document: the mask is needed, built, and gives the dense mask's loss
+    ref2 = _forward_loss(_lm(2), {"input_ids": ids, "labels": labels, **document_positions(64, starts)})
+    assert _forward_loss(lm, {"input_ids": ids, "labels": labels, **pos}) == pytest.approx(ref2, abs=1e-4)
+    assert built
+    assert attention.targets_in_first_document(pos["position_ids"], first_only)
+    assert not attention.targets_in_first_document(pos["position_ids"], labels)
 
 
 @pytest.mark.gpu

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from conftest import write_pattern_shards, write_tiny_llama
 from longreach import config as config_io
-from longreach.errors import TrainingDiverged
+from longreach.errors import RunStopped, TrainingDiverged
 from longreach.train import checkpoint
 from longreach.train.config import TrainConfig
 from longreach.train.loop import train
@@ -31,7 +31,9 @@ def _cfg(model, data, out, **kw) -> TrainConfig:
 
 
 def _losses(run: Path) -> list[float]:
-    return [json.loads(ln)["loss"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    """The logged losses; a last line still being written (another process training) is left out."""
+    lines = (run / "metrics.jsonl").read_text().split("\n")
+    return [json.loads(ln)["loss"] for ln in lines[:-1]]
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -104,6 +106,12 @@ def test_stop_file_with_a_step_number_ends_there(tiny_model, pattern_shards, tmp
     out = train(_cfg(tiny_model, pattern_shards, run))
     assert out["stopped"] and out["step"] == 4 and len(_losses(run)) == 4
     assert checkpoint.read_meta(checkpoint.latest(run))["step"] == 4
+    # callers that go on to use the model (the demo) get an error instead of a half-trained model
+    with pytest.raises(RunStopped, match="step 5 of 6"):
+        (run / loop.STOP_FILE).unlink()
+        monkeypatch.setattr(loop, "lr_at", lambda step, cfg: ((run / loop.STOP_FILE).write_text("5")
+                                                               if step == 4 else None) or real_lr_at(step, cfg))
+        loop.train_to_end(_cfg(tiny_model, pattern_shards, run))
 
 
 def test_accumulated_equals_large_batch(tiny_model, pattern_shards, tmp_path):

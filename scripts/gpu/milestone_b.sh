@@ -9,7 +9,8 @@
 # Its logs go to MB_OUT (default /root/outB), never to the call's $OUT, which is emptied before each call.
 #
 # SFT_RECIPES: the 128K SFT runs, "CONFIG[:STEPS]" each (STEPS absent: the config's one pass), all from the same
-# 128K continued-pretraining model; run i trains on GPU i mod NGPU. Outputs are named after the config.
+# 128K continued-pretraining model; run i trains on GPU i mod NGPU (more recipes than GPUs share them; the
+# perplexity of the starting models runs on GPU 0 beside recipe 0). Outputs are named after the config.
 # NGPU=2: the 32K stage runs FSDP2 data parallel (2 GPUs x 2 micro-batches = the config's 4 x 32K per step, the
 # same sequences in the same steps) and the 128K stage context parallel (one 128K sequence split over 2 GPUs);
 # then each GPU trains one SFT recipe.
@@ -22,6 +23,7 @@
 #        of its last checkpoint -> perplexity: short essays (retention) and by position over 128K.
 #   Beside the SFT: NIAH of the 128K continued-pretraining model (EVAL_CPT=1) and the perplexity of the original
 #   and the continued-pretraining models.
+# CPT128_SET: more `--set` for the 128K continued pretraining (its 5.2M tokens are the suspect for 96K-128K).
 # Measured: session 4 (one H200): SFT_RECIPES=configs/smollm2-135m-128k-sft.yaml:106 SFT_STOP=81 SFT_HALF=54;
 # session 5 (2 x H200): NGPU=2 SFT_DEADLINE_S=1080 SFT_RECIPES="configs/smollm2-135m-128k-sft-replay.yaml:118
 # configs/smollm2-135m-128k-sft-long.yaml" (the 128K model 7.4 min after the start; SFT steps 6.9-7.5 s, so the
@@ -76,9 +78,9 @@ sft_run() {  # CONFIG STEPS GPU: one 128K SFT (started once its data exist), its
   local C=$1 steps=$2 T half= n m sft
   T=$(name_of "$C")
   export CUDA_VISIBLE_DEVICES=$3
-  until [ -e "$W/data-$T/.done" ]; do
-    if grep -q "FAILED sft data" "$O/cpu-$T/pipeline.log" 2>/dev/null; then
-      echo "no SFT data for $T" >> "$O/gpu.txt"; return
+  until [ -e "$W/data-$T/.done" ]; do  # its data; the job's exit marker without them: give up
+    if [ -e "$O/cpu-$T.exit" ] && [ ! -e "$W/data-$T/.done" ]; then
+      echo "no SFT data for $T (see $O/cpu-$T.txt)" >> "$O/gpu.txt"; return
     fi
     sleep 5
   done
@@ -98,7 +100,7 @@ sft_run() {  # CONFIG STEPS GPU: one 128K SFT (started once its data exist), its
     # its start is a stale one and removed): a step number ends it there; an empty file after the step in progress
     if [ "$(cat "$log" 2>/dev/null | wc -l)" -le "$lines0" ]; then sleep 5; continue; fi
     if [ -z "$asked" ] && [ "$SFT_STOP" -gt 0 ]; then
-      echo "$SFT_STOP" > "$W/$T/sft3/STOP"; asked=1
+      echo "$SFT_STOP" > "$W/$T/sft3/STOP.tmp" && mv "$W/$T/sft3/STOP.tmp" "$W/$T/sft3/STOP"; asked=1
     fi
     if [ "$SFT_DEADLINE_S" -gt 0 ] && [ $(($(date +%s) - t_start)) -ge "$SFT_DEADLINE_S" ]; then
       echo "$T asked to stop at $(($(date +%s) - t_start)) s into the chain" >> "$O/gpu.txt"
@@ -116,17 +118,25 @@ sft_run() {  # CONFIG STEPS GPU: one 128K SFT (started once its data exist), its
   cp "$W/$T.log" "$W/eval/" 2>/dev/null
 }
 
+ga=$($PY -c "import yaml; print(yaml.safe_load(open('configs/smollm2-135m-32k.yaml'))['grad_accum'])")
+if [ $((ga % NGPU)) -ne 0 ]; then
+  echo "grad_accum $ga of configs/smollm2-135m-32k.yaml is not divisible by NGPU=$NGPU" >&2; exit 2
+fi
+rm -f "$O/.prepare128" "$O/.done"  # markers of an earlier run
 (OUT=$O/cpu bash $P prepare128 > "$O/cpu.txt" 2>&1; touch "$O/.prepare128") &
 for r in $RECIPES; do  # each recipe's SFT data, beside the GPU steps (CPU only)
   C=${r%%:*}; T=$(name_of "$C")
-  SFT_CONFIG=$C SFTDATA_OUT=$W/data-$T OUT=$O/cpu-$T bash $P sftdata > "$O/cpu-$T.txt" 2>&1 &
+  rm -f "$O/cpu-$T.exit"
+  (SFT_CONFIG=$C SFTDATA_OUT=$W/data-$T OUT=$O/cpu-$T bash $P sftdata > "$O/cpu-$T.txt" 2>&1
+   touch "$O/cpu-$T.exit") &
 done
-ga=$($PY -c "import yaml; print(yaml.safe_load(open('configs/smollm2-135m-32k.yaml'))['grad_accum'])")
 multi() {  # STEP SET: a training step on NGPU GPUs; should it fail there, again on one GPU (resuming its last
-  # checkpoint, which holds the full, unsharded state)
+  # checkpoint, which holds the full, unsharded state). Only this call's log lines count (re-runs append).
+  local n0; n0=$(cat "$O/gpu/pipeline.log" 2>/dev/null | wc -l)
   TRAIN_GPUS=$NGPU TRAIN_SET="$2" OUT=$O/gpu bash $P "$1" >> "$O/gpu.txt" 2>&1
-  if [ "$NGPU" -gt 1 ] && grep -q "FAILED $1" "$O/gpu/pipeline.log"; then
-    echo "$1 failed on $NGPU GPUs: again on one" >> "$O/gpu.txt"
+  if [ "$NGPU" -gt 1 ] && tail -n +$((n0 + 1)) "$O/gpu/pipeline.log" | grep -q "FAILED $1"; then
+    echo "$1 failed on $NGPU GPUs (log kept as $1-ngpu$NGPU.log): again on one" >> "$O/gpu.txt"
+    cp "$W/$1.log" "$W/$1-ngpu$NGPU.log"
     OUT=$O/gpu1 bash $P "$1" >> "$O/gpu.txt" 2>&1
   fi
 }
@@ -134,7 +144,7 @@ OUT=$O/gpu bash $P prepare32 extend > "$O/gpu.txt" 2>&1
 multi train32 "--set grad_accum=$((ga / NGPU))"
 OUT=$O/gpu bash $P extend128 >> "$O/gpu.txt" 2>&1
 until [ -e "$O/.prepare128" ]; do sleep 5; done
-multi train128 "--set context_parallel=$NGPU"
+multi train128 "--set context_parallel=$NGPU ${CPT128_SET:-}"  # e.g. CPT128_SET="--set max_steps=120"
 essays=$($PY -c "from longreach import assets; print(assets.paul_graham_essays())")
 i=0
 for r in $RECIPES; do

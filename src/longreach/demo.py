@@ -250,7 +250,7 @@ def run_base(cfg: DemoConfig) -> dict[str, Any]:
     from longreach.model.load import save_model
     from longreach.model.tiny import tiny_llama_config
     from longreach.train.config import TrainConfig
-    from longreach.train.loop import train
+    from longreach.train.loop import train_to_end
 
     out, b = Path(cfg.out), cfg.base
     t0 = time.time()
@@ -272,7 +272,7 @@ def run_base(cfg: DemoConfig) -> dict[str, Any]:
                        stage="base", max_steps=b.steps, micro_batch=b.batch, lr=b.lr, min_lr=b.lr / 10,
                        warmup_steps=b.warmup_steps, seed=cfg.seed, save_every=max(1, b.steps // 4),
                        keep_checkpoints=1, loss_chunk_tokens=8192, precision="fp32")  # fp32 on a GPU too
-    summary = train(tcfg)
+    summary = train_to_end(tcfg)
     model, _ = _load(summary["checkpoint"])
     save_model(model, tok, out / "base", extra={"stage": "base", "recipe": "longreach demo --stage base",
                                                  "config": config_io.to_dict(cfg), "train": summary})
@@ -401,7 +401,7 @@ def run_extend(cfg: DemoConfig) -> dict[str, Any]:
     from longreach.model import rope
     from longreach.model.extend import extend_checkpoint
     from longreach.train.config import TrainConfig
-    from longreach.train.loop import train
+    from longreach.train.loop import train_to_end
 
     out, e = Path(cfg.out), cfg.extend
     times: dict[str, float] = {}
@@ -448,7 +448,7 @@ def run_extend(cfg: DemoConfig) -> dict[str, Any]:
                        max_steps=e.steps, micro_batch=e.micro_batch, lr=e.lr, min_lr=e.lr / 10,
                        warmup_steps=e.warmup_steps, seed=cfg.seed, save_every=e.steps, keep_checkpoints=1,
                        loss_chunk_tokens=8192, precision="fp32")  # as on the CPU, also where a GPU runs it
-    summary = train(tcfg)
+    summary = train_to_end(tcfg)
     ext_dir = out / "models" / "extended"
     shutil.copytree(summary["checkpoint"], ext_dir, ignore=shutil.ignore_patterns("trainer_state.pt"))
     times["train"] = time.time() - t

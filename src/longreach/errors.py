@@ -21,3 +21,7 @@ class InputError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class RunStopped(RuntimeError):
+    """A training run ended early on request (STOP file, SIGTERM); its last step is saved and resumable."""

@@ -12,7 +12,10 @@ at seq_len % 128 == 64 (RECIPE.md section 3), so the loop never passes one on th
 default as in ChatQA 2): FlexAttention with a block mask "causal and same document", where a document starts
 wherever position_ids restart at 0. The block mask is sparse (T/128 x T/128 blocks), so 128K tokens cost no
 T x T tensor. Build it once per micro-batch with `doc_block_mask(position_ids)` and pass it as the model's
-attention_mask (transformers forwards a 4-D BlockMask untouched).
+attention_mask (transformers forwards a 4-D BlockMask untouched). Given no mask, "longreach_flex" is plain causal
+attention and runs SDPA with is_causal (cuDNN on an H100) rather than FlexAttention: the training loop passes no
+mask when every target of a micro-batch lies in the first document of its row (`targets_in_first_document`), as
+in a sequence holding one long sample and its padding, where a causal mask gives the same loss.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import torch
 
 FLEX_NAME = "longreach_flex"
 _compiled_flex = None
-_causal_cache: dict = {}
 
 
 @contextmanager
@@ -64,15 +66,14 @@ def doc_block_mask(position_ids: torch.Tensor):
                              _compile=position_ids.device.type == "cuda")
 
 
-def _causal_block_mask(t: int, device: torch.device):
-    key = (t, str(device))
-    if key not in _causal_cache:
-        from torch.nn.attention.flex_attention import create_block_mask
+def targets_in_first_document(position_ids: torch.Tensor, labels: torch.Tensor) -> bool:
+    """Whether every target (label != -100) of the batch is in the first document of its row. Then plain causal
+    attention gives the document mask's loss: the first document sees only itself either way, and what later
+    documents see changes no loss (they come after it, so nothing of theirs reaches the first one)."""
+    from longreach.train.loss import IGNORE
 
-        _causal_cache.clear()
-        _causal_cache[key] = create_block_mask(lambda b, h, q, k: q >= k, None, None, t, t, device=device,
-                                               _compile=device.type == "cuda")
-    return _causal_cache[key]
+    doc = document_ids(position_ids)
+    return bool(((labels == IGNORE) | (doc == doc[:, :1])).all())
 
 
 def _flex():
@@ -87,11 +88,15 @@ def _flex():
 
 def flex_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                            attention_mask=None, dropout: float = 0.0, scaling: float | None = None, **kwargs):
-    """transformers attention-interface function; attention_mask is a BlockMask or None (plain causal)."""
+    """transformers attention-interface function; attention_mask is a BlockMask or None (plain causal: SDPA)."""
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-    mask = attention_mask if isinstance(attention_mask, BlockMask) else _causal_block_mask(query.shape[2],
-                                                                                          query.device)
+    gqa = key.shape[1] != query.shape[1]
+    if not isinstance(attention_mask, BlockMask):
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling,
+                                                               enable_gqa=gqa)
+        return out.transpose(1, 2).contiguous(), None
+    mask = attention_mask
     if query.device.type == "cuda":
         if torch.is_autocast_enabled("cuda"):
             # q/k leave RoPE in fp32; the flex kernel runs in the autocast dtype.
@@ -100,7 +105,7 @@ def flex_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: to
         fn = _flex()
     else:
         fn = flex_attention
-    out = fn(query, key, value, block_mask=mask, scale=scaling, enable_gqa=key.shape[1] != query.shape[1])
+    out = fn(query, key, value, block_mask=mask, scale=scaling, enable_gqa=gqa)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -10,6 +10,7 @@ Stopping early without losing steps: create the file STOP in the run's folder, o
 preemption): the step in progress finishes, a checkpoint is saved, and the run ends; resuming it later goes on
 from that step. A STOP file holding a step number N ends the run after step N instead (the learning-rate
 schedule stays that of max_steps). A STOP file left from an earlier stop is removed when a run starts.
+Under torchrun prefer the STOP file: torchrun forwards SIGTERM to its workers but kills them 30 s later.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from longreach import config as config_io
-from longreach.errors import InputError, TrainingDiverged
+from longreach.errors import InputError, RunStopped, TrainingDiverged
 from longreach.train import attention, checkpoint, context_parallel, parallel
 from longreach.train.config import TrainConfig
 from longreach.train.loss import IGNORE, chunked_cross_entropy, shift_labels
@@ -75,8 +76,10 @@ class CausalLMLoss(torch.nn.Module):
 
     def forward(self, input_ids, labels, position_ids=None, attention_mask=None) -> torch.Tensor:
         if (attention_mask is None and position_ids is not None
-                and self.lm.config._attn_implementation == attention.FLEX_NAME):
+                and self.lm.config._attn_implementation == attention.FLEX_NAME
+                and not attention.targets_in_first_document(position_ids, labels)):
             # Packed documents (positions restart at 0): one sparse block mask per micro-batch, for all layers.
+            # (Without one, as when only the first document of each row has targets, attention is plain causal.)
             attention_mask = attention.doc_block_mask(position_ids)
         hidden = self.lm.model(input_ids=input_ids, position_ids=position_ids,
                                attention_mask=attention_mask).last_hidden_state
@@ -220,9 +223,11 @@ class StopRequest:
             return True
         try:
             text = self.file.read_text().strip()
+            return not text.isdecimal() or step >= int(text)
         except FileNotFoundError:
             return False
-        return not text.isdigit() or step >= int(text)
+        except (OSError, ValueError):  # there but unreadable: still a request (and no rank may fail alone here)
+            return True
 
     def __call__(self, step: int) -> bool:
         """Whether any rank was asked to stop (every rank gets the same answer, so all stop at one step)."""
@@ -232,6 +237,15 @@ class StopRequest:
     def close(self) -> None:
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
+
+
+def train_to_end(cfg: TrainConfig) -> dict[str, Any]:
+    """train() for callers that go on to use the model: a run stopped on request raises RunStopped."""
+    summary = train(cfg)
+    if summary["stopped"]:
+        raise RunStopped(f"{cfg.out}: stopped on request at step {summary['step']} of {cfg.max_steps} "
+                         f"(saved: {summary['checkpoint']}); run the same command again to resume")
+    return summary
 
 
 def _main_thread() -> bool:
@@ -347,6 +361,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     print(f"stopped on request after step {step} of {cfg.max_steps}; checkpoint saved, "
                           "run again to resume", file=sys.stderr)
                 break
+        stopped = stopped or stop.signalled  # a SIGTERM during the last step or save: callers must stop too
     finally:
         stop.close()  # SIGTERM acts as before once the run is over
     if bar is not None:

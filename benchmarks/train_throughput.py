@@ -182,9 +182,26 @@ def job_for(args, shape: str, seq: int, layout: str, variant: str, kind: str) ->
             "max_timed_s": args.max_timed_s, "peak_tflops": args.peak_tflops}
 
 
+def memory_guess(fits: list[dict], grain: int, margin: float = 0.92) -> int | None:
+    """The longest length whose peak memory, extrapolated linearly from the two longest fits, stays under
+    `margin` of the card's memory (rounded down to the grain). With SDPA, chunked loss and checkpointing every
+    activation grows linearly in the length, so two points predict the limit; None without two measured fits."""
+    pts = [(r["seq"], r["peak_mem_gib"], r.get("device_mem_gib")) for r in fits
+           if r.get("peak_mem_gib") and r.get("device_mem_gib")]
+    if len(pts) < 2 or pts[-1][0] == pts[-2][0]:
+        return None
+    (t1, m1, _), (t2, m2, cap) = pts[-2], pts[-1]
+    slope = (m2 - m1) / (t2 - t1)
+    if slope <= 0:
+        return None
+    return int((margin * cap - m2) / slope + t2) // grain * grain
+
+
 def search_longest(runner: Runner, args, shape: str, layout: str, variant: str, known: list[dict]) -> dict:
-    """Grow from the longest known fit (x --longest-growth) until a step fails, then bisect in --longest-step
-    tokens; stop early when the next probe would not finish inside the time budget."""
+    """Grow from the longest known fit until a step fails, then bisect in --longest-step tokens; stop early when
+    the next probe would not finish inside the time budget. Growth goes to the length that the peak memory of
+    the two longest fits predicts (memory_guess), else x --longest-growth: near the limit that takes 2-3 probes
+    where doubling and bisecting take 5-8, each a long step."""
     grain = args.longest_step
     same = [r for r in known if (r["shape"], r["layers"], r["layout"], r["variant"])
             == (shape, args.layers, layout, variant)]
@@ -195,8 +212,14 @@ def search_longest(runner: Runner, args, shape: str, layout: str, variant: str, 
     probes, note = [], ""
     while True:
         if hi is None:
-            seq = max(int(lo * args.longest_growth) // grain * grain, lo + grain, args.longest_start)
-            if seq > args.longest_max:
+            guess = memory_guess(fits, grain)
+            if guess is not None and guess <= lo:  # past the safe margin already: aim at the whole card
+                guess = memory_guess(fits, grain, margin=1.0)
+            if guess is not None:
+                seq = min(max(guess, lo + grain), args.longest_max)
+            else:
+                seq = max(int(lo * args.longest_growth) // grain * grain, lo + grain, args.longest_start)
+            if seq > args.longest_max or seq <= lo:
                 note = f"not tried above --longest-max {fmt_len(args.longest_max)}"
                 break
         else:
@@ -216,6 +239,7 @@ def search_longest(runner: Runner, args, shape: str, layout: str, variant: str, 
         if res.get("fit"):
             lo = seq
             last = (seq, res["step_s"])
+            fits.append(res)
         elif res.get("fit") is False:
             hi = seq
         else:
@@ -513,8 +537,9 @@ def run_job(job: dict) -> dict:
     step_s = statistics.median(times)
     n_gpu = d.world
     model_flops, hw_flops = step_flops(config, seq, seqs, opts, docs)
-    peak = reserved = None
+    peak = reserved = device_mem = None
     if cuda:
+        device_mem = torch.cuda.get_device_properties(d.device).total_memory / 2**30
         mem = torch.tensor([torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()],
                            dtype=torch.float64, device=d.device)
         if d.world > 1:
@@ -529,7 +554,7 @@ def run_job(job: dict) -> dict:
             "tokens_per_s_per_gpu": tokens / step_s / n_gpu, "model_flops_per_step": model_flops,
             "hw_flops_per_step": hw_flops, "mfu": model_flops / (step_s * n_gpu * peak_flops),
             "hfu": hw_flops / (step_s * n_gpu * peak_flops), "tflops_per_gpu": model_flops / step_s / n_gpu / 1e12,
-            "peak_mem_gib": peak, "reserved_gib": reserved, "loss_first": losses[0], "loss_last": losses[-1],
+            "peak_mem_gib": peak, "reserved_gib": reserved, "device_mem_gib": device_mem, "loss_first": losses[0], "loss_last": losses[-1],
             "attn_impl": lm.config._attn_implementation, "n_docs": len(docs) or None, "env": _env(d)}
 
 

@@ -91,3 +91,43 @@ def test_context_parallel_and_data_parallel_layouts_under_torchrun(tmp_path):
     assert by["cp2", "ours"]["loss_first"] == pytest.approx(by["1", "ours"]["loss_first"], abs=1e-5)
     assert by["dp2", "ours"]["loss_first"] == pytest.approx(by["1", "ours:seqs=2"]["loss_first"], abs=1e-5)
     assert by["cp2", "ours"]["tokens_per_s_per_gpu"] == pytest.approx(by["cp2", "ours"]["tokens_per_s"] / 2)
+
+
+class _MemoryCard:
+    """A runner standing in for a GPU: peak memory = 4 GiB + 0.25 GiB per 1K tokens on an 80 GiB card; a probe
+    fits while its peak stays under the card's memory."""
+
+    def __init__(self):
+        self.probes = []
+
+    def remaining(self) -> float:
+        return 1e9
+
+    def run(self, job: dict) -> dict:
+        self.probes.append(job["seq"])
+        peak = 4 + 0.25 * job["seq"] / 1024
+        fit = peak <= 80
+        return {**job, "status": "ok" if fit else "oom", "fit": fit, "step_s": 1.0, "tokens_per_s": 1.0,
+                "mfu": 0.4, "wall_s": 1.0, "peak_mem_gib": peak if fit else None, "device_mem_gib": 80.0}
+
+
+def test_longest_search_goes_where_the_memory_of_two_fits_points():
+    """Two measured lengths predict the limit (here 304K tokens at 100%, 278K at the 92% margin): the search
+    probes there and steps on by the grain, instead of doubling and bisecting through long probes."""
+    args = bench.argparse.Namespace(layers=4, longest_step=8192, longest_growth=2.0, longest_start=65536,
+                                    longest_max=1048576, peak_tflops=989.0, warmup=1, steps=3, device="cuda",
+                                    seed=0, max_timed_s=20.0, job_timeout_s=300.0)
+    card = _MemoryCard()
+    known = [card.run({"shape": "s", "layers": 4, "layout": "1", "variant": "v", "seq": n}) for n in (16384, 32768)]
+    card.probes.clear()
+    found = bench.search_longest(card, args, "s", "1", "v", known)
+    exact = (80 - 4) / 0.25 * 1024 // 8192 * 8192  # the longest multiple of the grain that fits
+    assert found["longest_fit"] == exact and found["first_fail"] == exact + 8192
+    assert len(card.probes) <= 4, card.probes
+    # without memory figures (a CPU run) it falls back to doubling and bisecting: more probes, same answer
+    plain = _MemoryCard()
+    for r in known:
+        r["peak_mem_gib"] = None
+    found = bench.search_longest(plain, args, "s", "1", "v", known)
+    assert found["longest_fit"] == exact and len(plain.probes) > 4, plain.probes
+    assert bench.memory_guess([], 8192) is None

@@ -63,12 +63,12 @@ case "$plan" in
       --budget-s 120
     bench --shapes llama3-8b --layers 4 --lengths 32k --variants "hf;ours;ours:ac=attn" --budget-s 110
     ;;
-  longest)  # ~8.5 min: doubling then bisection (8K grain) with the least-memory setting, time-bounded
+  longest)  # ~8.5 min: memory-guided growth from two table lengths, then the 8K grain; least-memory setting
     one=(--warmup 0 --steps 1 --longest --variants "ours:offload=1" --longest-variant "ours:offload=1")
-    bench --shapes llama3.2-1b --lengths 128k "${one[@]}" --budget-s 150
-    bench --shapes smollm2-135m --lengths 128k "${one[@]}" --budget-s 110
+    bench --shapes llama3.2-1b --lengths 64k,128k "${one[@]}" --budget-s 150
+    bench --shapes smollm2-135m --lengths 64k,128k "${one[@]}" --budget-s 110
     for layers in 2 4 8; do
-      bench --shapes llama3-8b --layers $layers --lengths 32k "${one[@]}" --longest-start 64k --budget-s 80
+      bench --shapes llama3-8b --layers $layers --lengths 16k,32k "${one[@]}" --longest-start 64k --budget-s 80
     done
     ;;
   two-gpu)  # ~8.5 min: issue 8, 1B shape; every 2-GPU row has its one-GPU row from the same machine
@@ -104,9 +104,9 @@ case "$plan" in
     bench --shapes llama3-8b --layers 4 --lengths 128k --layouts cp2 --variants "ours" --warmup 0 --steps 1 --longest \
       --longest-layouts cp2 --longest-start 256k --longest-growth 1.5 --longest-step 64k --budget-s 150
     ;;
-  longest-8b)  # ~4 min: longest sequence on one GPU per 8B layer count
+  longest-8b)  # ~4 min: longest sequence on one GPU per 8B layer count (two table lengths: memory-guided search)
     for layers in 2 4 8; do
-      bench --shapes llama3-8b --layers $layers --lengths 32k --warmup 0 --steps 1 --longest --variants "ours:offload=1" \
+      bench --shapes llama3-8b --layers $layers --lengths 16k,32k --warmup 0 --steps 1 --longest --variants "ours:offload=1" \
         --longest-variant "ours:offload=1" --longest-start 128k --longest-growth 1.5 --longest-step 16k --budget-s 75
     done
     ;;

@@ -114,6 +114,34 @@ def test_stop_file_with_a_step_number_ends_there(tiny_model, pattern_shards, tmp
         loop.train_to_end(_cfg(tiny_model, pattern_shards, run))
 
 
+def test_unreadable_stop_file_is_a_stop_request(tiny_model, pattern_shards, tmp_path, monkeypatch):
+    """Something at STOP that cannot be read as a step (here a folder) still stops the run, on every rank alike,
+    and one left behind is named in a clear error at the next start."""
+    from longreach.errors import InputError
+    from longreach.train import loop
+    run = tmp_path / "run"
+    real_lr_at = loop.lr_at
+    monkeypatch.setattr(loop, "lr_at", lambda step, cfg: ((run / loop.STOP_FILE).mkdir() if step == 1 else None)
+                        or real_lr_at(step, cfg))
+    out = train(_cfg(tiny_model, pattern_shards, run))
+    assert out["stopped"] and out["step"] == 2
+    with pytest.raises(InputError, match="STOP"):
+        train(_cfg(tiny_model, pattern_shards, run))
+
+
+def test_sigterm_in_the_last_step_is_reported(tiny_model, pattern_shards, tmp_path, monkeypatch):
+    """A SIGTERM that arrives while the last step trains is not swallowed: the finished run says it was asked to
+    stop, so a recipe does not start its next stage; afterwards SIGTERM acts as before (handler restored)."""
+    from longreach.train import loop
+    real_lr_at = loop.lr_at
+    monkeypatch.setattr(loop, "lr_at", lambda step, cfg: (os.kill(os.getpid(), signal.SIGTERM) if step == 5
+                                                          else None) or real_lr_at(step, cfg))
+    before = signal.getsignal(signal.SIGTERM)
+    out = train(_cfg(tiny_model, pattern_shards, tmp_path / "run"))
+    assert out["stopped"] and out["step"] == 6
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_accumulated_equals_large_batch(tiny_model, pattern_shards, tmp_path):
     train(_cfg(tiny_model, pattern_shards, tmp_path / "big", micro_batch=4, grad_accum=1, max_steps=3))
     train(_cfg(tiny_model, pattern_shards, tmp_path / "acc", micro_batch=1, grad_accum=4, max_steps=3))

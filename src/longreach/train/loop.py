@@ -210,8 +210,12 @@ class StopRequest:
 
     def __init__(self, out: Path, d: parallel.Dist):
         self.file, self.d, self.signalled = out / STOP_FILE, d, False
-        if d.main:
-            self.file.unlink(missing_ok=True)  # a stale request from an earlier stop
+        if d.main:  # a stale request from an earlier stop
+            try:
+                self.file.unlink(missing_ok=True)
+            except OSError as e:
+                raise InputError(f"cannot remove the stop request left by an earlier run: {e}",
+                                 path=str(self.file)) from e
         self._old = signal.signal(signal.SIGTERM, self._on_signal) if _main_thread() else None
 
     def _on_signal(self, signum, frame) -> None:

@@ -554,7 +554,8 @@ def run_job(job: dict) -> dict:
             "tokens_per_s_per_gpu": tokens / step_s / n_gpu, "model_flops_per_step": model_flops,
             "hw_flops_per_step": hw_flops, "mfu": model_flops / (step_s * n_gpu * peak_flops),
             "hfu": hw_flops / (step_s * n_gpu * peak_flops), "tflops_per_gpu": model_flops / step_s / n_gpu / 1e12,
-            "peak_mem_gib": peak, "reserved_gib": reserved, "device_mem_gib": device_mem, "loss_first": losses[0], "loss_last": losses[-1],
+            "peak_mem_gib": peak, "reserved_gib": reserved, "device_mem_gib": device_mem,
+            "loss_first": losses[0], "loss_last": losses[-1],
             "attn_impl": lm.config._attn_implementation, "n_docs": len(docs) or None, "env": _env(d)}
 
 

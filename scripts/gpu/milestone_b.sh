@@ -19,8 +19,8 @@
 #   GPU: prepare32 extend train32 (milestone A's recipe) -> extend128 (base to the 128K bound) -> train128 ->
 #        per recipe: long-context SFT at 128K, one sequence per step, stopped early (the STOP file: the step in
 #        progress is saved) after step SFT_STOP (0: never) or SFT_DEADLINE_S seconds after the chain started (0:
-#        never) -> NIAH 1K-128K
-#        of its last checkpoint -> perplexity: short essays (retention) and by position over 128K.
+#        never) -> NIAH 1K-128K of its last checkpoint -> perplexity: short essays (retention) and by position
+#        over 128K.
 #   Beside the SFT: NIAH of the 128K continued-pretraining model (EVAL_CPT=1) and the perplexity of the original
 #   and the continued-pretraining models.
 # CPT128_SET: more `--set` for the 128K continued pretraining (its 5.2M tokens are the suspect for 96K-128K).
@@ -109,8 +109,8 @@ sft_run() {  # CONFIG STEPS GPU: one 128K SFT (started once its data exist), its
     sleep 5
   done
   wait
-  n=$(newest "$T"); [ "$n" -gt 0 ] || return
-  m=$(ckpt "$T" "$n")
+  m=$(latest "$W/$T/sft3"); [ -n "$m" ] || return
+  n=$((10#${m##*-}))
   echo "$T: NIAH and perplexity of step $n" >> "$O/gpu.txt"
   niah_gen "$m" "$T-$n" 16
   ppl "ppl128-short-$T-$n" "$PPL_SHORT" 8 "" --model "$m"
@@ -159,6 +159,6 @@ done
   [ -z "$c" ] || ppl ppl128-long-cpt128 "$PPL_LONG" 1 16 --model "$c" ) &
 wait
 cp "$W"/train32.log "$W"/train128.log "$W/eval/" 2>/dev/null
-cp -r "$W"/cpt-32k/metrics.jsonl "$W/eval/cpt32-metrics.jsonl" 2>/dev/null
-cp -r "$W"/cpt-128k/metrics.jsonl "$W/eval/cpt128-metrics.jsonl" 2>/dev/null
+cp "$W"/cpt-32k/metrics.jsonl "$W/eval/cpt32-metrics.jsonl" 2>/dev/null
+cp "$W"/cpt-128k/metrics.jsonl "$W/eval/cpt128-metrics.jsonl" 2>/dev/null
 touch "$O/.done"

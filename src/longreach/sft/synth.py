@@ -119,6 +119,11 @@ def load_docs(names: list[str], split: str = "all", max_docs: int = 0) -> list[A
     return docs
 
 
+def length_bin(tokens: int) -> str:
+    """The paper's two long-SFT sets: "<32K" or "32K-128K"."""
+    return "<32K" if tokens < LONG_BIN else "32K-128K"
+
+
 def count_tokens(tok: Any, text: str) -> int:
     return len(tok(text, add_special_tokens=False)["input_ids"])
 
@@ -346,7 +351,7 @@ def make_sample(cfg: SynthConfig, pool: DocPool, length: int, rng: np.random.Gen
             return None
         tokens = count_tokens(tok, text)
         return {"text": text, "qa": "text", "synthetic": False, "target_tokens": length, "tokens": tokens,
-                "length_bin": "<32K" if tokens < LONG_BIN else "32K-128K", "sources": sorted(set(sources))}
+                "length_bin": length_bin(tokens), "sources": sorted(set(sources))}
     others: list[str] = []
     sentence = None
     instruction: str | None = SHORT_SPAN
@@ -390,7 +395,7 @@ def make_sample(cfg: SynthConfig, pool: DocPool, length: int, rng: np.random.Gen
     tokens = count_tokens(tok, context)
     rec = {"context": context, "question": question, "answer": answer, "synthetic": cfg.qa != "records",
            "qa": cfg.qa, "construction": cfg.construction, "target_tokens": length, "tokens": tokens,
-           "length_bin": "<32K" if tokens < LONG_BIN else "32K-128K",
+           "length_bin": length_bin(tokens),
            "gold": {**locate(context, gold), "text": gold}, "sources": sorted(set(sources))}
     if instruction is not None:
         rec["instruction"] = instruction  # "" asks the question alone

@@ -24,6 +24,8 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
+from longreach.train.loss import IGNORE
+
 FLEX_NAME = "longreach_flex"
 _compiled_flex = None
 
@@ -70,8 +72,6 @@ def targets_in_first_document(position_ids: torch.Tensor, labels: torch.Tensor) 
     """Whether every target (label != -100) of the batch is in the first document of its row. Then plain causal
     attention gives the document mask's loss: the first document sees only itself either way, and what later
     documents see changes no loss (they come after it, so nothing of theirs reaches the first one)."""
-    from longreach.train.loss import IGNORE
-
     doc = document_ids(position_ids)
     return bool(((labels == IGNORE) | (doc == doc[:, :1])).all())
 

@@ -216,7 +216,10 @@ class StopRequest:
             except OSError as e:
                 raise InputError(f"cannot remove the stop request left by an earlier run: {e}",
                                  path=str(self.file)) from e
-        self._old = signal.signal(signal.SIGTERM, self._on_signal) if _main_thread() else None
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._on_signal)
+        except ValueError:  # not the main thread: the STOP file only
+            self._old = None
 
     def _on_signal(self, signum, frame) -> None:
         self.signalled = True
@@ -250,11 +253,6 @@ def train_to_end(cfg: TrainConfig) -> dict[str, Any]:
         raise RunStopped(f"{cfg.out}: stopped on request at step {summary['step']} of {cfg.max_steps} "
                          f"(saved: {summary['checkpoint']}); run the same command again to resume")
     return summary
-
-
-def _main_thread() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:

@@ -185,6 +185,15 @@ def test_prepare_accounts_for_every_token(tiny_tokenizer, tmp_path, sep_mode):
     for i in range(len(ds)):
         in_seq = unit_starts[(unit_starts >= 64 * i) & (unit_starts < 64 * (i + 1))] - 64 * i
         np.testing.assert_array_equal(ds.doc_starts(i), in_seq)
+    # each sequence's longest one-document stretch, from the documents' intervals in the stream
+    ends = np.append(unit_starts[1:], len(stream))
+    spans = np.array([max(min(e, 64 * (i + 1)) - max(b, 64 * i) for b, e in zip(unit_starts, ends))
+                      for i in range(len(ds))])
+    assert m["document_spans"] == summary["document_spans"] == {
+        "p10": round(np.percentile(spans, 10)), "p50": round(np.percentile(spans, 50)),
+        "p90": round(np.percentile(spans, 90)), "sequences_half_one_document": int((spans >= 32).sum()),
+        "sequences_all_one_document": int((spans == 64).sum())}
+    assert 0 < m["document_spans"]["sequences_all_one_document"] < len(ds)  # the 900- and 700-token books
 
 
 def test_prepare_upsamples_per_source_and_counts_skips(tiny_tokenizer, tmp_path):
@@ -231,6 +240,26 @@ def test_an_input_without_documents_is_an_error(tiny_tokenizer, tmp_path):
         assert e.value.path == str(bad) and not (tmp_path / "out").exists()
 
 
+def test_prepare_joins_the_files_of_a_folder(tiny_tokenizer, tmp_path):
+    rng = np.random.default_rng(6)
+    words = [" ".join(rng.choice(["alpha", "beta", "gamma", "delta"], 50)) for _ in range(5)]
+    for rel, text in zip(["m/1.txt", "m/2.txt", "m/3.txt", "n/1.txt", "n/2.txt"], words):
+        (tmp_path / "c" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "c" / rel).write_text(text)
+    sizes = {}
+    for join in ("file", "folder"):
+        cfg = PrepareConfig(inputs=[str(tmp_path / "c")], tokenizer=str(tiny_tokenizer), seq_len=32,
+                            out=str(tmp_path / join), join_files=join, upsample_ratio=1.0, shuffle=False)
+        prepare(cfg)
+        m = PackedShards(tmp_path / join).manifest
+        sizes[join] = (m["documents_read"], {k: s["documents"] for k, s in m["sources"].items()})
+    assert sizes == {"file": (5, {"m": 3, "n": 2}), "folder": (2, {"m": 1, "n": 1})}
+    cfg.join_files = "book"
+    with pytest.raises(InputError, match="must be one of") as e:
+        prepare(cfg)
+    assert e.value.field == "join_files"
+
+
 def test_cli_prepare_and_inspect_with_llama3(tmp_path):
     from typer.testing import CliRunner
 
@@ -242,7 +271,7 @@ def test_cli_prepare_and_inspect_with_llama3(tmp_path):
     (tmp_path / "cfg.yaml").write_text("seq_len: 32\nsep_mode: none\nupsample_ratio: 1.0\nshuffle: false\n")
     args = ["data", "prepare", "--input", str(tmp_path / "c"), "--tokenizer", str(llama3_tokenizer()),
             "--out", str(tmp_path / "out"), "--config", str(tmp_path / "cfg.yaml"), "--sep-mode", "sep",
-            "--seq-len", "64"]
+            "--seq-len", "64", "--join-files", "folder"]  # records stay documents under "folder"
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -250,6 +279,7 @@ def test_cli_prepare_and_inspect_with_llama3(tmp_path):
     m = PackedShards(tmp_path / "out").manifest
     # flags beat the YAML, which beats the defaults; Llama-3 has no "<s>" token: the string is plain text
     assert m["config"]["sep_mode"] == "sep" and m["config"]["shuffle"] is False
+    assert m["config"]["join_files"] == "folder" and m["documents_read"] == 3
     assert m["separator"]["after_document"] == [45147, 29] and m["dtype"] == "uint32"
 
     result = CliRunner().invoke(app, ["data", "inspect", str(tmp_path / "out"), "--tokens", "8"])

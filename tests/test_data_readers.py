@@ -118,6 +118,31 @@ def test_parquet_streams_rows_with_row_numbers(tmp_path):
         list(iter_documents(g))
 
 
+def test_join_folder_makes_one_document_per_folder(tmp_path):
+    root = tmp_path / "corpus"
+    (root / "manual" / "sub").mkdir(parents=True)
+    (root / "manual" / "b.rst").write_text("chapter b\n\n")
+    (root / "manual" / "a.txt").write_text("\ufeffchapter a\n")
+    (root / "manual" / "sub" / "c.md").write_text("section c")  # sorts between a.txt and b.rst
+    (root / "manual" / "empty.txt").write_text("  \n")
+    write_jsonl(root / "manual" / "records.jsonl", [{"text": "r1"}, {"text": "r2"}])  # records stay documents
+    (root / "top.txt").write_text("top")
+    counter = Counter()
+    docs = list(iter_documents(root, join="folder", on_error="skip", counter=counter))
+    assert [(d.text, d.source, d.doc_id) for d in docs] == [
+        ("r1", "manual", f"{root / 'manual' / 'records.jsonl'}:1"),
+        ("r2", "manual", f"{root / 'manual' / 'records.jsonl'}:2"),
+        ("chapter a\n\nchapter b\n", "manual", str(root / "manual")),  # path order, a blank line between
+        ("section c\n", "manual", str(root / "manual" / "sub")),
+        ("top\n", "corpus", str(root)),
+    ]
+    assert counter == Counter(empty=1)  # a bad file inside a folder is still counted (or raised)
+    with pytest.raises(InputError, match="empty document") as e:
+        list(iter_documents(root, join="folder"))
+    assert str(root / "manual" / "empty.txt") in str(e.value)
+    assert [d.text for d in iter_documents(root / "top.txt", join="folder")] == ["top"]  # a file: itself
+
+
 def test_bad_paths_and_options(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         list(iter_documents(tmp_path / "nope.jsonl"))
@@ -126,6 +151,8 @@ def test_bad_paths_and_options(tmp_path):
         list(iter_documents(tmp_path / "broken.parquet"))
     with pytest.raises(InputError, match="on_error"):
         list(iter_documents(tmp_path, on_error="ignore"))
+    with pytest.raises(InputError, match="join_files"):
+        list(iter_documents(tmp_path, join="book"))
 
 
 def test_record_files_in_a_folder_are_sources(tmp_path):

@@ -10,7 +10,7 @@
 #
 # SFT_RECIPES: the 128K SFT runs, "CONFIG[:STEPS]" each (STEPS absent: the config's one pass), all from the same
 # 128K continued-pretraining model; run i trains on GPU i mod NGPU (more recipes than GPUs share them; the
-# perplexity of the starting models runs on GPU 0 beside recipe 0). Outputs are named after the config.
+# perplexity of the model they start from runs beside them on its GPU). Outputs are named after the config.
 # NGPU=2: the 32K stage runs FSDP2 data parallel (2 GPUs x 2 micro-batches = the config's 4 x 32K per step, the
 # same sequences in the same steps) and the 128K stage context parallel (one 128K sequence split over 2 GPUs);
 # then each GPU trains one SFT recipe.
@@ -24,6 +24,10 @@
 #   Beside the SFT: NIAH of the 128K continued-pretraining model (EVAL_CPT=1) and the perplexity of the original
 #   and the continued-pretraining models.
 # CPT128_SET: more `--set` for the 128K continued pretraining (its 5.2M tokens are the suspect for 96K-128K).
+# CPT128_VARIANTS="NAME[:PREPARE_ARGS];...": several 128K continued pretrainings side by side, variant i on GPU
+# i mod NGPU (one GPU each, no context parallel), each on the corpus packed with its own `data prepare` flags
+# (e.g. "plain;folders:--join-files folder"); every SFT recipe then trains from every variant, run j (variants
+# outer, recipes inner) on GPU j mod NGPU. Outputs carry "-NAME" (cpt-128k-NAME, RECIPE-NAME, ...).
 # Measured: session 4 (one H200): SFT_RECIPES=configs/smollm2-135m-128k-sft.yaml:106 SFT_STOP=81 SFT_HALF=54;
 # session 5 (2 x H200): NGPU=2 SFT_DEADLINE_S=1080 SFT_RECIPES="configs/smollm2-135m-128k-sft-replay.yaml:118
 # configs/smollm2-135m-128k-sft-long.yaml" (the 128K model 7.4 min after the start; SFT steps 6.9-7.5 s, so the
@@ -42,8 +46,11 @@ SFT_SAVE=${SFT_SAVE:-27}
 SFT_DEADLINE_S=${SFT_DEADLINE_S:-0}
 EVAL_CPT=${EVAL_CPT:-0}
 L128=${LENGTHS128:-1000,4000,8000,16000,32000,48000,64000,96000,128000}
-D=${MB_DEPTHS:-0,11,22,33,44,56,67,78,89,100}
-GGUF=${ORIG_MODEL:-/root/stage/smollm2.gguf}
+DEPTHS=${MB_DEPTHS:-0,11,22,33,44,56,67,78,89,100}
+S=${STAGE:-/root/stage}
+GGUF=${ORIG_MODEL:-$S/smollm2.gguf}
+IFS=';' read -ra VARIANTS <<< "${CPT128_VARIANTS:-}"
+[ ${#VARIANTS[@]} -gt 0 ] || VARIANTS=("")  # one 128K run, named as before
 PY=${PY:-python3}
 PPL_SHORT=${PPL_SHORT:-4096} PPL_LONG=${PPL_LONG:-131072}
 # A CPU smoke run at toy sizes (docs/LOG.md): SMOKE=1 SEQ32=1024 SEQ128=2048 STAGE=... WORK=... PY=python
@@ -54,7 +61,7 @@ mkdir -p "$O" "$W/eval"
 t_start=$(date +%s)
 LR() { $PY -m longreach.cli "$@"; }
 niah_gen() {  # MODEL NAME [BATCH]: the default needle, 9 lengths x 10 depths, greedy generation
-  LR eval niah --model "$1" --out "$W/eval/$2-generate" --lengths $L128 --depths $D \
+  LR eval niah --model "$1" --out "$W/eval/$2-generate" --lengths $L128 --depths $DEPTHS \
     --mode generate --batch-size "${3:-8}" > "$W/eval/$2-generate.log" 2>&1 || echo "niah $2 failed" >> "$O/gpu.txt"
 }
 ppl() {  # NAME LENGTH SEQUENCES [BUCKETS] --model M...: perplexity of the essays (no model trained on them)
@@ -74,19 +81,20 @@ newest() {  # NAME: the newest SFT checkpoint's step, 0 before the first
 }
 ckpt() { echo "$W/$1/sft3/checkpoints/$(printf 'step-%06d' "$2")"; }  # NAME STEP
 
-sft_run() {  # CONFIG STEPS GPU: one 128K SFT (started once its data exist), its NIAH and perplexity
-  local C=$1 steps=$2 T half= n m sft
-  T=$(name_of "$C")
+sft_run() {  # CONFIG STEPS GPU SUFFIX: one 128K SFT (started once its data exist) from the continued pretraining
+  # cpt-128k$SUFFIX, its NIAH and perplexity
+  local C=$1 steps=$2 x=$4 T dn half= n m sft
+  dn=$(name_of "$C"); T=$dn$x
   export CUDA_VISIBLE_DEVICES=$3
-  until [ -e "$W/data-$T/.done" ]; do  # its data; the job's exit marker without them: give up
-    if [ -e "$O/cpu-$T.exit" ] && [ ! -e "$W/data-$T/.done" ]; then
-      echo "no SFT data for $T (see $O/cpu-$T.txt)" >> "$O/gpu.txt"; return
+  until [ -e "$W/data-$dn/.done" ]; do  # its data; the job's exit marker without them: give up
+    if [ -e "$O/cpu-$dn.exit" ] && [ ! -e "$W/data-$dn/.done" ]; then
+      echo "no SFT data for $T (see $O/cpu-$dn.txt)" >> "$O/gpu.txt"; return
     fi
     sleep 5
   done
   local set="--set train.grad_accum=1 --set train.save_every=$SFT_SAVE"
   [ -z "$steps" ] || set+=" --set stages.sft3.train.max_steps=$steps"
-  SFT_CONFIG=$C SFT_DATA=$W/data-$T SFT_FROM=$W/cpt-128k SFT=$W/$T SFT_NAME=$T SFT_SET="$set" \
+  SFT_CONFIG=$C SFT_DATA=$W/data-$dn SFT_FROM=$W/cpt-128k$x SFT=$W/$T SFT_NAME=$T SFT_SET="$set" \
     OUT=$O/gpu-$T bash $P sft3 > "$O/gpu-$T.txt" 2>&1 &
   sft=$!
   local log=$W/$T/sft3/metrics.jsonl asked=
@@ -122,13 +130,21 @@ ga=$($PY -c "import yaml; print(yaml.safe_load(open('configs/smollm2-135m-32k.ya
 if [ $((ga % NGPU)) -ne 0 ]; then
   echo "grad_accum $ga of configs/smollm2-135m-32k.yaml is not divisible by NGPU=$NGPU" >&2; exit 2
 fi
-rm -f "$O/.prepare128" "$O/.done"  # markers of an earlier run
-(OUT=$O/cpu bash $P prepare128 > "$O/cpu.txt" 2>&1; touch "$O/.prepare128") &
+suffix() { local v=${1%%:*}; echo "${v:+-$v}"; }  # VARIANT: "-NAME" of its outputs ("" for the unnamed one)
+rm -f "$O"/.prepare128* "$O/.done"  # markers of an earlier run
+for e in "${VARIANTS[@]}"; do  # the corpus packed at 128K, once per variant (CPU only, beside the 32K stage)
+  x=$(suffix "$e"); a=${e#"${e%%:*}"}; a=${a#:}
+  (SHARDS128=$S/shards-128k$x PACK_ARGS="$a" OUT=$O/cpu$x bash $P prepare128 > "$O/cpu$x.txt" 2>&1
+   touch "$O/.prepare128$x") &
+done
+done_recipes=" "
 for r in $RECIPES; do  # each recipe's SFT data, beside the GPU steps (CPU only)
-  C=${r%%:*}; T=$(name_of "$C")
-  rm -f "$O/cpu-$T.exit"
-  (SFT_CONFIG=$C SFTDATA_OUT=$W/data-$T OUT=$O/cpu-$T bash $P sftdata > "$O/cpu-$T.txt" 2>&1
-   touch "$O/cpu-$T.exit") &
+  C=${r%%:*}; dn=$(name_of "$C")
+  case $done_recipes in *" $dn "*) continue ;; esac
+  done_recipes+="$dn "
+  rm -f "$O/cpu-$dn.exit"
+  (SFT_CONFIG=$C SFTDATA_OUT=$W/data-$dn OUT=$O/cpu-$dn bash $P sftdata > "$O/cpu-$dn.txt" 2>&1
+   touch "$O/cpu-$dn.exit") &
 done
 multi() {  # STEP SET: a training step on NGPU GPUs; should it fail there, again on one GPU (resuming its last
   # checkpoint, which holds the full, unsharded state). Only this call's log lines count (re-runs append).
@@ -143,22 +159,38 @@ multi() {  # STEP SET: a training step on NGPU GPUs; should it fail there, again
 OUT=$O/gpu bash $P prepare32 extend > "$O/gpu.txt" 2>&1
 multi train32 "--set grad_accum=$((ga / NGPU))"
 OUT=$O/gpu bash $P extend128 >> "$O/gpu.txt" 2>&1
-until [ -e "$O/.prepare128" ]; do sleep 5; done
-multi train128 "--set context_parallel=$NGPU ${CPT128_SET:-}"  # e.g. CPT128_SET="--set max_steps=120"
 essays=$($PY -c "from longreach import assets; print(assets.paul_graham_essays())")
+variant() {  # INDEX VARIANT: its 128K continued pretraining, then every SFT recipe from it, and the perplexity
+  # of the model they start from beside them. One variant: on all GPUs (context parallel); several: one GPU each.
+  local i=$1 x c j=0 r C st g; x=$(suffix "$2")
+  until [ -e "$O/.prepare128$x" ]; do sleep 5; done
+  g=$((i % NGPU))
+  if [ ${#VARIANTS[@]} -eq 1 ]; then
+    multi train128 "--set context_parallel=$NGPU ${CPT128_SET:-}"  # e.g. CPT128_SET="--set max_steps=120"
+  else
+    CUDA_VISIBLE_DEVICES=$g SHARDS128=$S/shards-128k$x CPT128=$W/cpt-128k$x TRAIN128_NAME=train128$x \
+      TRAIN_SET="${CPT128_SET:-}" OUT=$O/gpu$x bash $P train128 >> "$O/gpu$x.txt" 2>&1
+  fi
+  for r in $RECIPES; do
+    C=${r%%:*}; st=${r#"$C"}; st=${st#:}
+    sft_run "$C" "$st" $(((i * $(echo $RECIPES | wc -w) + j) % NGPU)) "$x" &
+    j=$((j + 1))
+  done
+  ( export CUDA_VISIBLE_DEVICES=$g CPT128=$W/cpt-128k$x CPT128_NAME=cpt128$x  # beside the SFT: its start
+    [ "$EVAL_CPT" = 1 ] && NIAH_BATCH=4 OUT=$O/eval$x bash $P eval128 > "$O/eval$x.txt" 2>&1
+    c=$(latest "$W/cpt-128k$x")
+    ppl ppl128-short-base$x "$PPL_SHORT" 8 "" --model "$GGUF" ${c:+--model $c}
+    [ -z "$c" ] || ppl ppl128-long-cpt128$x "$PPL_LONG" 1 16 --model "$c" ) &
+  wait
+  cp "$W"/train128$x.log "$W/eval/" 2>/dev/null
+  cp "$W"/cpt-128k$x/metrics.jsonl "$W/eval/cpt128$x-metrics.jsonl" 2>/dev/null
+}
 i=0
-for r in $RECIPES; do
-  C=${r%%:*}; s=${r#"$C"}; s=${s#:}
-  sft_run "$C" "$s" $((i % NGPU)) &
+for e in "${VARIANTS[@]}"; do
+  variant $i "$e" &
   i=$((i + 1))
 done
-( export CUDA_VISIBLE_DEVICES=0  # beside the SFT: the models it starts from
-  [ "$EVAL_CPT" = 1 ] && NIAH_BATCH=4 OUT=$O/eval bash $P eval128 > "$O/eval.txt" 2>&1
-  c=$(latest "$W/cpt-128k")
-  ppl ppl128-short-base "$PPL_SHORT" 8 "" --model "$GGUF" ${c:+--model $c}
-  [ -z "$c" ] || ppl ppl128-long-cpt128 "$PPL_LONG" 1 16 --model "$c" ) &
 wait
-cp "$W"/train32.log "$W"/train128.log "$W/eval/" 2>/dev/null
+cp "$W"/train32.log "$W/eval/" 2>/dev/null
 cp "$W"/cpt-32k/metrics.jsonl "$W/eval/cpt32-metrics.jsonl" 2>/dev/null
-cp "$W"/cpt-128k/metrics.jsonl "$W/eval/cpt128-metrics.jsonl" 2>/dev/null
 touch "$O/.done"

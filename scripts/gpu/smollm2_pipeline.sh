@@ -65,6 +65,8 @@ DATA32=${DATA32:-$STAGE/shards-32k}
 SELFCHAT_N=${SELFCHAT_N:-2000}
 BASE128=$WORK/smollm2-128k-base
 CPT128=${CPT128:-$WORK/cpt-128k}
+SHARDS128=${SHARDS128:-$STAGE/shards-128k}
+TRAIN128_NAME=${TRAIN128_NAME:-train128}  # its log's name (two 128K runs side by side: milestone_b.sh)
 LENGTHS128=${LENGTHS128:-1000,4000,8000,16000,32000,48000,64000,96000,128000}
 SFT=${SFT:-$WORK/sft}
 SFT_NAME=${SFT_NAME:-sft3}  # names its eval outputs (two SFT runs side by side on two GPUs)
@@ -195,10 +197,11 @@ step_selfchat() {  # short chat data in the original model's own words (longreac
   keep selfchat.log selfchat/summary.json
 }
 pack() {  # NAME SEQ_LEN OUT INPUT...: `longreach data prepare` on the GPU host, the original model's tokenizer
+  # (PACK_ARGS: more of its flags, e.g. "--join-files folder")
   local name=$1 seq=$2 dest=$3; shift 3
   local inputs=() i; for i in "$@"; do inputs+=(--input "$i"); done
   timed LR data prepare "${inputs[@]}" --tokenizer "${ORIG_MODEL:-$GGUF}" --seq-len "$seq" --out "$dest" \
-    --workers 8 --overwrite 2>&1 | tail -1 | cut -c1-600 | tee -a "$OUT/pipeline.log" || log "  FAILED $name"
+    --workers 8 --overwrite ${PACK_ARGS:-} 2>&1 | tail -1 | cut -c1-600 | tee -a "$OUT/pipeline.log" || log "  FAILED $name"
 }
 step_prepare32-chat() {  # the corpus plus the self-chat samples (their own source), packed at 32K
   pack prepare32-chat "${SEQ32:-32768}" "$STAGE/shards-32k-chat" "$STAGE/corpus" "$WORK/selfchat/self-chat.jsonl"
@@ -206,8 +209,8 @@ step_prepare32-chat() {  # the corpus plus the self-chat samples (their own sour
 step_prepare32() {  # the 32K continued-pretraining data, made on the GPU host from the carried corpus
   pack prepare32 "${SEQ32:-32768}" "$STAGE/shards-32k" "$STAGE/corpus"
 }
-step_prepare128() {  # milestone B data: the same corpus packed at 128K
-  pack prepare128 "${SEQ128:-131072}" "$STAGE/shards-128k" "$STAGE/corpus"
+step_prepare128() {  # milestone B data: the same corpus packed at 128K (SHARDS128, PACK_ARGS: a variant of it)
+  pack prepare128 "${SEQ128:-131072}" "$SHARDS128" "$STAGE/corpus"
 }
 step_extend128() {  # 32K -> 128K: the trained 32K model, base raised to the bound for 128K at head dim 64
   local m; m=$(need_ckpt "$CPT32"); [ -n "$m" ] || return 0
@@ -216,10 +219,10 @@ step_extend128() {  # 32K -> 128K: the trained 32K model, base raised to the bou
   keep "$(basename "$BASE128")"
 }
 step_train128() {
-  train_run train128 configs/smollm2-135m-128k.yaml "$BASE128" "$STAGE/shards-128k" "$CPT128"
+  train_run "$TRAIN128_NAME" configs/smollm2-135m-128k.yaml "$BASE128" "$SHARDS128" "$CPT128"
 }
 step_eval128() {  # the 128K continued-pretraining model; with EVAL128_SFT=1 the SFT run in $SFT instead
-  local m name=cpt128
+  local m name=${CPT128_NAME:-cpt128}
   if [ -n "${EVAL128_SFT:-}" ]; then m=$(need_ckpt "$SFT/sft3"); name=$SFT_NAME; else m=$(need_ckpt "$CPT128"); fi
   [ -n "$m" ] || return 0
   niah "$name" "$m" "$LENGTHS128" generate

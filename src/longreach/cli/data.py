@@ -37,6 +37,8 @@ def prepare(
     upsample_scale: Annotated[float | None, typer.Option(
         "--upsample-scale", help="tokens written per token read (every source)")] = None,
     workers: Annotated[int | None, typer.Option(help="tokenizer processes")] = None,
+    join_files: Annotated[str | None, typer.Option(
+        "--join-files", help="text folders: file (a document per file) | folder (a folder's files as one)")] = None,
     on_error: Annotated[str | None, typer.Option("--on-error", help="raise | skip (bad records)")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of up-sampling and shuffle")] = None,
     config: Annotated[str | None, typer.Option("--config", "-c", help="YAML file overriding PrepareConfig")
@@ -52,7 +54,8 @@ def prepare(
     flags = {"inputs": input or None, "tokenizer": tokenizer, "seq_len": seq_len, "out": out,
              "sep_mode": sep_mode, "sep": sep, "text_field": text_field, "source_field": source_field,
              "upsample_threshold": upsample_threshold, "upsample_ratio": upsample_ratio,
-             "upsample_scale": upsample_scale, "workers": workers, "on_error": on_error, "seed": seed}
+             "upsample_scale": upsample_scale, "workers": workers, "join_files": join_files, "on_error": on_error,
+             "seed": seed}
     # JSON values are valid YAML, so strings such as "<s>" or "a: b" survive the override parser unchanged.
     overrides = list(set_ or []) + [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     cfg = config_io.load(PrepareConfig, config, overrides)

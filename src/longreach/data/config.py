@@ -18,6 +18,7 @@ class PrepareConfig:
     sep: str = "<s>"  # separator string after each document (sep_mode=sep), encoded as plain text
     text_field: str = "text"  # field holding the text in JSON lines / parquet records (dotted for nested)
     source_field: str | None = None  # field naming each record's source; None: from the file/folder name
+    join_files: str = "file"  # text folders: one document per file, or per folder ("folder": its files joined)
     on_error: str = "raise"  # bad records: raise (stop with file:line) or skip (count in the manifest)
     upsample_threshold: int = 4096  # documents with more tokens than this are "long"
     upsample_ratio: float = 0.1  # sampling rate of a short document relative to a long one (1 = off)

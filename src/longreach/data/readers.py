@@ -8,6 +8,13 @@ Sources (the domains that up-sampling keeps in proportion): a file given directl
 stem). Inside a folder, the source is the first-level collection: a subfolder (everything below it), or a
 JSON lines / parquet file lying directly in the folder (its stem); text files lying directly in the folder
 share the folder's name. `source_field` (JSON lines / parquet) takes the source from each record instead.
+
+Documents of a text folder: one per file (join="file", the default), or one per folder (join="folder"): the
+text files lying directly in one folder, in path order, joined by a blank line into a single document named
+after the folder. That is the repository-level concatenation ProLong uses for code, applied to manuals and
+books split into files: it gives a corpus whose files are short documents that are long as a whole (a manual's
+chapters, a play's editions side by side) the long-range dependencies a 128K window needs. Records of JSON
+lines and parquet files stay one document each.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ TEXT_SUFFIXES = (".txt", ".md", ".rst")
 JSONL_SUFFIXES = (".jsonl", ".json")
 PARQUET_SUFFIXES = (".parquet",)
 ON_ERROR = ("raise", "skip")
+JOIN = ("file", "folder")
 # A record with "special_tokens": true (chat data rendered by a chat template, `longreach data self-chat`) has
 # its special-token strings encoded as the tokenizer's special tokens; every other text reads them as text.
 SPECIAL_FIELD = "special_tokens"
@@ -63,17 +71,22 @@ class _Problems:
 
 
 def iter_documents(path: str | Path, text_field: str = "text", on_error: str = "raise",
-                   counter: Counter | None = None, source_field: str | None = None) -> Iterator[Document]:
+                   counter: Counter | None = None, source_field: str | None = None,
+                   join: str = "file") -> Iterator[Document]:
     """Stream the documents of a file or folder (recursive, sorted by path for determinism).
 
     `text_field` / `source_field` may be dotted ("meta.redpajama_set_name") to reach nested values.
     In a folder, files with other suffixes (and hidden files) are not corpus files and are passed over.
+    `join="folder"` makes the text files of each folder one document (see the module docstring).
     """
     problems = _Problems(on_error, counter)
+    if join not in JOIN:
+        raise InputError(f"must be one of {JOIN}, got {join!r}", field="join_files")
     path = Path(path)
     if path.is_dir():
         top = path.resolve().name
         files = sorted(_walk_files(path), key=lambda p: p.relative_to(path).parts)
+        folders: dict[Path, list[Path]] = {}  # join="folder": each folder's text files, in path order
         for file in files:
             rel = file.relative_to(path)
             if any(part.startswith(".") for part in rel.parts):
@@ -85,11 +98,27 @@ def iter_documents(path: str | Path, text_field: str = "text", on_error: str = "
                 source = rel.parts[0]
             else:
                 source = top if suffix in TEXT_SUFFIXES else file.stem
+            if join == "folder" and suffix in TEXT_SUFFIXES:
+                folders.setdefault(file.parent, []).append(file)
+                continue
             yield from _iter_file(file, source, text_field, source_field, problems)
+        for folder, members in folders.items():
+            rel = folder.relative_to(path)
+            doc = _join_text_files(folder, members, rel.parts[0] if rel.parts else top, problems)
+            if doc is not None:
+                yield doc
     elif path.is_file():
         yield from _iter_file(path, path.stem, text_field, source_field, problems)
     else:
         raise InputError("no such file or folder", path=str(path))
+
+
+def _join_text_files(folder: Path, files: list[Path], source: str, problems: _Problems) -> Document | None:
+    """The text files of one folder as one document (blank lines between them); bad files as in one-per-file."""
+    texts = [doc.text.strip("\n") for doc in (_read_text_file(f, source, problems) for f in files) if doc is not None]
+    if not texts:
+        return None
+    return Document(text="\n\n".join(texts) + "\n", source=source, doc_id=str(folder))
 
 
 def _walk_files(root: Path) -> Iterator[Path]:

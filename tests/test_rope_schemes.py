@@ -150,6 +150,49 @@ def test_theta_keeps_an_existing_scaling_and_other_schemes_refuse_to_compose():
         rope.apply_scheme(_config(), "alibi", 4096, verbose=False)
 
 
+def test_attention_factor_sharpens_attention_without_changing_frequencies(tmp_path):
+    from longreach.model.extend import extend_checkpoint
+    from longreach.model.load import save_model
+
+    plain, sharp = _config(), _config()
+    rope.apply_scheme(plain, "theta", 8192, base=1e6, verbose=False)
+    summary = rope.apply_scheme(sharp, "theta", 8192, base=1e6, attention_factor=1.2, verbose=False)
+    p = sharp.rope_parameters
+    assert (p["rope_type"], p["factor"], p["rope_theta"], p["attention_factor"]) == ("yarn", 1.0, 1e6, 1.2)
+    assert summary["attention_scaling"] == 1.2 and summary["max_position_embeddings"] == 8192
+    ref, scale = ROPE_INIT_FUNCTIONS["yarn"](sharp, None)  # transformers' own reading of the config
+    torch.testing.assert_close(ref, rope.inv_freq(plain), rtol=1e-6, atol=0)
+    assert scale == pytest.approx(1.2)
+    # cos/sin, hence q and k after RoPE, are 1.2x those of the plain model: logits 1.44x
+    x, pos = torch.zeros(1, 5, 8), torch.arange(5)[None] * 1000
+    cos_p, sin_p = rope.rotary_module(LlamaForCausalLM(plain))(x, pos)
+    cos_s, sin_s = rope.rotary_module(LlamaForCausalLM(sharp))(x, pos)
+    torch.testing.assert_close(cos_s, 1.2 * cos_p)
+    torch.testing.assert_close(sin_s, 1.2 * sin_p)
+    # again on a yarn model (the factor changes, the base too); yarn's own default replaced
+    rope.apply_scheme(sharp, "theta", 8192, base=2e6, attention_factor=1.3, verbose=False)
+    assert rope.attention_scaling(sharp) == 1.3 and sharp.rope_parameters["rope_theta"] == 2e6
+    yarn = _config()
+    rope.apply_scheme(yarn, "yarn", 8192, attention_factor=1.5, verbose=False)
+    assert rope.attention_scaling(yarn) == 1.5
+    # through a saved checkpoint: `longreach extend --attention-factor` reads back in transformers
+    src = tmp_path / "src"
+    save_model(tiny.tiny_llama(_config(head_dim=16), seed=0), None, src)
+    out = extend_checkpoint(src, tmp_path / "out", 4096, base=1e5, attention_factor=1.1)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert out["attention_scaling"] == rope.rotary_module(loaded).attention_scaling == pytest.approx(1.1)
+    # bad uses
+    for scheme, kwargs, match in (("pi", {"attention_factor": 1.1}, "goes with"),
+                                  ("theta", {"attention_factor": 0.0}, "must be positive")):
+        with pytest.raises(InputError, match=match) as e:
+            rope.apply_scheme(_config(), scheme, 8192, verbose=False, **kwargs)
+        assert e.value.field == "attention_factor"
+    llama3 = _config()
+    rope.apply_scheme(llama3, "llama3", 4096, verbose=False)
+    with pytest.raises(InputError, match="no attention factor"):
+        rope.apply_scheme(llama3, "theta", 8192, attention_factor=1.1, verbose=False)
+
+
 def test_saved_config_reads_back_in_transformers_and_carries_legacy_fields(tmp_path):
     model = LlamaForCausalLM(_config(head_dim=16))
     rope.extend_model(model, "yarn", 4096, verbose=False)

@@ -24,6 +24,8 @@
 #   Beside the SFT: NIAH of the 128K continued-pretraining model (EVAL_CPT=1) and the perplexity of the original
 #   and the continued-pretraining models.
 # CPT128_SET: more `--set` for the 128K continued pretraining (its 5.2M tokens are the suspect for 96K-128K).
+# ATTN_FACTORS="1.1 1.2": each final SFT model is also evaluated (NIAH) with sharper attention, by `longreach extend
+# --attention-factor F` on it (a config change: RoPE's cos/sin x F, attention logits x F^2; no training).
 # CPT128_VARIANTS="NAME[:PREPARE_ARGS];...": several 128K continued pretrainings side by side, variant i on GPU
 # i mod NGPU (one GPU each, no context parallel), each on the corpus packed with its own `data prepare` flags
 # (e.g. "plain;folders:--join-files folder"); every SFT recipe then trains from every variant, run j (variants
@@ -33,6 +35,10 @@
 # configs/smollm2-135m-128k-sft-long.yaml" (the 128K model 7.4 min after the start; SFT steps 6.9-7.5 s, so the
 # deadline stopped them at 89 and 82; both were resumed to the end afterwards: docs/LOG.md). With ~28 minutes
 # of hold, SFT_DEADLINE_S=1300 lets ~115 SFT steps finish and leaves ~4 minutes for the evaluations.
+# Session 6 (2 x H100): NGPU=2 SFT_RECIPES=configs/smollm2-135m-128k-sft-replay.yaml:72 SFT_DEADLINE_S=1380
+# CPT128_VARIANTS="plain;folders:--join-files folder" CPT128_SET="--set max_steps=90": 128K stages start 3.2 min
+# after the chain, 90 steps take 9.3 min (5.95 s each), the 72 SFT steps 7.9 min (6.0 s median), the evaluations
+# 2.4 min: `.done` 22.9 minutes after the start.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 P=scripts/gpu/smollm2_pipeline.sh
@@ -53,6 +59,7 @@ IFS=';' read -ra VARIANTS <<< "${CPT128_VARIANTS:-}"
 [ ${#VARIANTS[@]} -gt 0 ] || VARIANTS=("")  # one 128K run, named as before
 PY=${PY:-python3}
 PPL_SHORT=${PPL_SHORT:-4096} PPL_LONG=${PPL_LONG:-131072}
+ATTN_FACTORS=${ATTN_FACTORS:-}  # e.g. "1.1 1.2": after each SFT's evaluations, NIAH again at these attention factors
 # A CPU smoke run at toy sizes (docs/LOG.md): SMOKE=1 SEQ32=1024 SEQ128=2048 STAGE=... WORK=... PY=python
 # ORIG_MODEL=SRC_MODEL=<gguf> LENGTHS128=400,600 MB_DEPTHS=0,100 SFT_RECIPES="configs/smollm2-128k-sft-smoke.yaml:6"
 # NGPU=2 SFT_SAVE=1 SFT_HALF=2 SFT_STOP=3 PPL_SHORT=256 PPL_LONG=1024 MB_OUT=... bash scripts/gpu/milestone_b.sh
@@ -124,6 +131,14 @@ sft_run() {  # CONFIG STEPS GPU SUFFIX: one 128K SFT (started once its data exis
   ppl "ppl128-short-$T-$n" "$PPL_SHORT" 8 "" --model "$m"
   ppl "ppl128-long-$T-$n" "$PPL_LONG" 1 16 --model "$m"
   cp "$W/$T.log" "$W/eval/" 2>/dev/null
+  local f a base win
+  read -r base win < <($PY -c "import json, sys; c = json.load(open(sys.argv[1] + '/config.json'))
+print(c['rope_theta'], c['max_position_embeddings'])" "$m")
+  for f in $ATTN_FACTORS; do  # the same model with sharper attention (config only: logits x f^2), its NIAH
+    a=$W/$T-$n-attn$f
+    LR extend --model "$m" --target-len "$win" --base "$base" --attention-factor "$f" --out "$a" > "$a.log" 2>&1 \
+      && niah_gen "$a" "$T-$n-attn$f" 16 || echo "attention factor $f of $T failed (see $a.log)" >> "$O/gpu.txt"
+  done
 }
 
 ga=$($PY -c "import yaml; print(yaml.safe_load(open('configs/smollm2-135m-32k.yaml'))['grad_accum'])")

@@ -30,10 +30,13 @@ def extend(
                                                        "current window)")] = None,
     dynamic: Annotated[bool, typer.Option(help="ntk: dynamic NTK instead of a static base")] = False,
     dtype: Annotated[str | None, typer.Option(help="bf16 | fp32 | fp16 (default: as loaded)")] = None,
+    attention_factor: Annotated[float | None, typer.Option(
+        "--attention-factor", help="theta/yarn: scale of cos/sin (attention logits x its square; yarn default "
+                                   "0.1 ln s + 1, theta 1)")] = None,
 ) -> None:
     """Load a model, apply a RoPE scheme for --target-len tokens, save it, and check it reads back."""
     from longreach.model.extend import extend_checkpoint
 
     summary = extend_checkpoint(model, out, target_len, scheme=scheme, base=base, factor=factor,
-                                dynamic=dynamic, dtype=dtype)
+                                dynamic=dynamic, dtype=dtype, attention_factor=attention_factor)
     print(json.dumps(summary, indent=2))

@@ -40,12 +40,13 @@ def verify_saved_rope(out_dir: str | Path, expected_inv_freq, expected_window: i
 
 def extend_checkpoint(model_path: str | Path, out_dir: str | Path, target_len: int, scheme: str = "theta",
                       base: float | None = None, factor: float | None = None, dynamic: bool = False,
-                      dtype: str | None = None) -> dict[str, Any]:
+                      dtype: str | None = None, attention_factor: float | None = None) -> dict[str, Any]:
     """Load `model_path` (folder or .gguf), apply `scheme` for `target_len` tokens, save to `out_dir`."""
     if scheme not in rope.SCHEMES:  # before a possibly long load
         raise InputError(f"unknown RoPE scheme {scheme!r}; choose one of {rope.SCHEMES}", field="scheme")
     model, tok = load_model(model_path, dtype=dtype)
-    summary = rope.extend_model(model, scheme, target_len, base=base, factor=factor, dynamic=dynamic)
+    summary = rope.extend_model(model, scheme, target_len, base=base, factor=factor, dynamic=dynamic,
+                                attention_factor=attention_factor)
     parent = Path(model_path) / "longreach.json"
     record = {"stage": "extend", **summary, "source": str(model_path),
               "tokenizer_hash": tokenizer_hash(tok), "dtype": str(model.dtype).removeprefix("torch."),

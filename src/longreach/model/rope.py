@@ -282,7 +282,8 @@ def recommended_base(target_len: int, head_dim: int, verbose: bool = True) -> fl
 # ----------------------------------------------------------------------------------------------------------
 
 def apply_scheme(config, scheme: str, target_len: int, base: float | None = None, factor: float | None = None,
-                 dynamic: bool = False, verbose: bool = True) -> dict[str, Any]:
+                 dynamic: bool = False, attention_factor: float | None = None,
+                 verbose: bool = True) -> dict[str, Any]:
     """Rewrite `config`'s RoPE fields in place to reach `target_len` tokens; return a summary dict.
 
     theta:  new base (`base`, or `recommended_base(target_len, head_dim)`); an existing scaling (e.g. Llama 3.1's
@@ -290,7 +291,11 @@ def apply_scheme(config, scheme: str, target_len: int, base: float | None = None
             b * s^(d/(d-2)), or with `dynamic` transformers' dynamic NTK (the base grows with the input length).
             yarn: YaRN ramp (beta 32/1, attention 0.1 ln s + 1). llama3: Llama 3.1 scaling (low/high 1/4).
     `factor` defaults to target_len / the model's current window. max_position_embeddings becomes target_len,
-    except for dynamic NTK, whose growth starts at max_position_embeddings, so it keeps the original window."""
+    except for dynamic NTK, whose growth starts at max_position_embeddings, so it keeps the original window.
+    `attention_factor` (theta and yarn): the factor cos/sin are multiplied by, so attention logits scale by its
+    square (YaRN's temperature; for yarn it replaces 0.1 ln s + 1). With theta it is written as transformers'
+    yarn type with factor 1, whose frequencies are the plain ones at the new base: a sharper softmax over long
+    inputs without any interpolation."""
     if scheme not in SCHEMES:
         raise InputError(f"unknown RoPE scheme {scheme!r}; choose one of {SCHEMES}", field="scheme")
     if target_len < 1:
@@ -305,10 +310,24 @@ def apply_scheme(config, scheme: str, target_len: int, base: float | None = None
         factor = target_len / window
     if factor <= 0 or (base is not None and base <= 0):
         raise InputError(f"factor and base must be positive, got factor={factor}, base={base}")
+    if attention_factor is not None:
+        if attention_factor <= 0:
+            raise InputError(f"must be positive, got {attention_factor}", field="attention_factor")
+        if scheme not in ("theta", "yarn"):
+            raise InputError(f"an attention factor goes with --scheme theta or yarn, not {scheme}",
+                             field="attention_factor")
+        if scheme == "theta" and old["rope_type"] not in ("default", "yarn"):
+            raise InputError(f"the model uses RoPE scaling {old['rope_type']!r}, which has no attention factor",
+                             field="attention_factor")
     new = dict(old)
     if scheme == "theta":
         new["rope_theta"] = float(base) if base is not None else recommended_base(target_len, dim, verbose)
         factor = None
+        if attention_factor is not None and new["rope_type"] == "default":
+            new.update(rope_type="yarn", factor=1.0, original_max_position_embeddings=int(target_len),
+                       beta_fast=YARN_BETA_FAST, beta_slow=YARN_BETA_SLOW)
+        if attention_factor is not None:
+            new["attention_factor"] = float(attention_factor)
     elif scheme == "pi":
         new = {"rope_type": "linear", "rope_theta": old_base, "factor": float(factor)}
     elif scheme == "ntk" and dynamic:
@@ -318,7 +337,8 @@ def apply_scheme(config, scheme: str, target_len: int, base: float | None = None
     elif scheme == "yarn":
         new = {"rope_type": "yarn", "rope_theta": old_base, "factor": float(factor),
                "original_max_position_embeddings": window, "beta_fast": YARN_BETA_FAST,
-               "beta_slow": YARN_BETA_SLOW, "attention_factor": yarn_attention_factor(factor)}
+               "beta_slow": YARN_BETA_SLOW,
+               "attention_factor": yarn_attention_factor(factor) if attention_factor is None else attention_factor}
     elif scheme == "llama3":
         new = {"rope_type": "llama3", "rope_theta": old_base, "factor": float(factor),
                "original_max_position_embeddings": window, "low_freq_factor": LLAMA3_LOW_FREQ_FACTOR,
@@ -329,12 +349,14 @@ def apply_scheme(config, scheme: str, target_len: int, base: float | None = None
     config.max_position_embeddings = window if (scheme == "ntk" and dynamic) else int(target_len)
     summary = {"scheme": scheme + ("-dynamic" if scheme == "ntk" and dynamic else ""), "target_len": int(target_len),
                "original_len": window, "head_dim": dim, "old_base": old_base, "new_base": float(new["rope_theta"]),
-               "factor": factor, "rope_parameters": rope_parameters(config),
+               "factor": factor, "attention_scaling": attention_scaling(config),
+               "rope_parameters": rope_parameters(config),
                "max_position_embeddings": config.max_position_embeddings}
     if verbose:
         _log(f"rope: {summary['scheme']}: {old['rope_type']} base {old_base:.4g} window {window} -> "
              f"{new['rope_type']} base {new['rope_theta']:.4g} window {target_len}"
-             + (f" factor {factor:.4g}" if factor else ""))
+             + (f" factor {factor:.4g}" if factor else "")
+             + (f" attention factor {summary['attention_scaling']:.4g}" if summary["attention_scaling"] != 1 else ""))
     return summary
 
 

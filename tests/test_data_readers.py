@@ -121,9 +121,10 @@ def test_parquet_streams_rows_with_row_numbers(tmp_path):
 def test_join_folder_makes_one_document_per_folder(tmp_path):
     root = tmp_path / "corpus"
     (root / "manual" / "sub").mkdir(parents=True)
-    (root / "manual" / "b.rst").write_text("chapter b\n\n")
+    (root / "manual" / "b.rst").write_bytes(b"chapter b\r\n\r\n")
     (root / "manual" / "a.txt").write_text("\ufeffchapter a\n")
-    (root / "manual" / "sub" / "c.md").write_text("section c")  # sorts between a.txt and b.rst
+    (root / "manual" / "sub" / "c.md").write_text("section c")
+    (root / "manual" / "z.txt").write_text("chapter z")  # sorts after sub/c.md: still the manual's document
     (root / "manual" / "empty.txt").write_text("  \n")
     write_jsonl(root / "manual" / "records.jsonl", [{"text": "r1"}, {"text": "r2"}])  # records stay documents
     (root / "top.txt").write_text("top")
@@ -132,7 +133,7 @@ def test_join_folder_makes_one_document_per_folder(tmp_path):
     assert [(d.text, d.source, d.doc_id) for d in docs] == [
         ("r1", "manual", f"{root / 'manual' / 'records.jsonl'}:1"),
         ("r2", "manual", f"{root / 'manual' / 'records.jsonl'}:2"),
-        ("chapter a\n\nchapter b\n", "manual", str(root / "manual")),  # path order, a blank line between
+        ("chapter a\n\nchapter b\n\nchapter z\n", "manual", str(root / "manual")),  # path order, blank lines
         ("section c\n", "manual", str(root / "manual" / "sub")),
         ("top\n", "corpus", str(root)),
     ]

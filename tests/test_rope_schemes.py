@@ -169,18 +169,34 @@ def test_attention_factor_sharpens_attention_without_changing_frequencies(tmp_pa
     cos_s, sin_s = rope.rotary_module(LlamaForCausalLM(sharp))(x, pos)
     torch.testing.assert_close(cos_s, 1.2 * cos_p)
     torch.testing.assert_close(sin_s, 1.2 * sin_p)
-    # again on a yarn model (the factor changes, the base too); yarn's own default replaced
-    rope.apply_scheme(sharp, "theta", 8192, base=2e6, attention_factor=1.3, verbose=False)
-    assert rope.attention_scaling(sharp) == 1.3 and sharp.rope_parameters["rope_theta"] == 2e6
+    # again, to a longer window: new base and factor, still no interpolation (the temperature follows the window)
+    rope.apply_scheme(sharp, "theta", 16384, base=2e6, attention_factor=1.3, verbose=False)
+    p = sharp.rope_parameters
+    assert (p["rope_theta"], p["factor"], p["original_max_position_embeddings"]) == (2e6, 1.0, 16384)
+    ref, scale = ROPE_INIT_FUNCTIONS["yarn"](sharp, None)
+    torch.testing.assert_close(ref, torch.tensor(rope._base_inv_freq(2e6, 64), dtype=torch.float32))
+    assert scale == rope.attention_scaling(sharp) == 1.3
+    # yarn's own default (0.1 ln s + 1) replaced
     yarn = _config()
     rope.apply_scheme(yarn, "yarn", 8192, attention_factor=1.5, verbose=False)
     assert rope.attention_scaling(yarn) == 1.5
-    # through a saved checkpoint: `longreach extend --attention-factor` reads back in transformers
+    # through a saved checkpoint: the library call, and `longreach extend --attention-factor`; both read back
+    from typer.testing import CliRunner
+
+    from longreach.cli.apps import app
+
     src = tmp_path / "src"
     save_model(tiny.tiny_llama(_config(head_dim=16), seed=0), None, src)
     out = extend_checkpoint(src, tmp_path / "out", 4096, base=1e5, attention_factor=1.1)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert out["attention_scaling"] == rope.rotary_module(loaded).attention_scaling == pytest.approx(1.1)
+    result = CliRunner().invoke(app, ["extend", "--model", str(src), "--out", str(tmp_path / "cli"),
+                                      "--target-len", "4096", "--base", "1e5", "--attention-factor", "1.25"])
+    assert result.exit_code == 0, result.output
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "cli")
+    assert rope.rotary_module(loaded).attention_scaling == pytest.approx(1.25)
+    torch.testing.assert_close(rope.rotary_module(loaded).inv_freq,
+                               torch.tensor(rope._base_inv_freq(1e5, 16), dtype=torch.float32))
     # bad uses
     for scheme, kwargs, match in (("pi", {"attention_factor": 1.1}, "goes with"),
                                   ("theta", {"attention_factor": 0.0}, "must be positive")):

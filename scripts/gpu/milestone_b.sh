@@ -26,10 +26,10 @@
 # CPT128_SET: more `--set` for the 128K continued pretraining (its 5.2M tokens are the suspect for 96K-128K).
 # ATTN_FACTORS="1.1 1.2": each final SFT model is also evaluated (NIAH) with sharper attention, by `longreach extend
 # --attention-factor F` on it (a config change: RoPE's cos/sin x F, attention logits x F^2; no training).
-# CPT128_VARIANTS="NAME[:PREPARE_ARGS];...": several 128K continued pretrainings side by side, variant i on GPU
-# i mod NGPU (one GPU each, no context parallel), each on the corpus packed with its own `data prepare` flags
-# (e.g. "plain;folders:--join-files folder"); every SFT recipe then trains from every variant, run j (variants
-# outer, recipes inner) on GPU j mod NGPU. Outputs carry "-NAME" (cpt-128k-NAME, RECIPE-NAME, ...).
+# CPT128_VARIANTS="NAME[:PREPARE_ARGS];...": several 128K continued pretrainings side by side, variant i on GPU i
+# (one GPU each, no context parallel; at most NGPU variants), each on the corpus packed with its own `data
+# prepare` flags (e.g. "plain;folders:--join-files folder"); every SFT recipe then trains from every variant, on
+# that variant's GPU. Outputs carry "-NAME" (cpt-128k-NAME, RECIPE-NAME, ...).
 # Measured: session 4 (one H200): SFT_RECIPES=configs/smollm2-135m-128k-sft.yaml:106 SFT_STOP=81 SFT_HALF=54;
 # session 5 (2 x H200): NGPU=2 SFT_DEADLINE_S=1080 SFT_RECIPES="configs/smollm2-135m-128k-sft-replay.yaml:118
 # configs/smollm2-135m-128k-sft-long.yaml" (the 128K model 7.4 min after the start; SFT steps 6.9-7.5 s, so the
@@ -60,6 +60,7 @@ IFS=';' read -ra VARIANTS <<< "${CPT128_VARIANTS:-}"
 PY=${PY:-python3}
 PPL_SHORT=${PPL_SHORT:-4096} PPL_LONG=${PPL_LONG:-131072}
 ATTN_FACTORS=${ATTN_FACTORS:-}  # e.g. "1.1 1.2": after each SFT's evaluations, NIAH again at these attention factors
+# (each a full NIAH, ~2 min on an H100: plan the SFT deadline for them)
 # A CPU smoke run at toy sizes (docs/LOG.md): SMOKE=1 SEQ32=1024 SEQ128=2048 STAGE=... WORK=... PY=python
 # ORIG_MODEL=SRC_MODEL=<gguf> LENGTHS128=400,600 MB_DEPTHS=0,100 SFT_RECIPES="configs/smollm2-128k-sft-smoke.yaml:6"
 # NGPU=2 SFT_SAVE=1 SFT_HALF=2 SFT_STOP=3 PPL_SHORT=256 PPL_LONG=1024 MB_OUT=... bash scripts/gpu/milestone_b.sh
@@ -141,6 +142,9 @@ print(c['rope_theta'], c['max_position_embeddings'])" "$m")
   done
 }
 
+if [ ${#VARIANTS[@]} -gt 1 ] && [ ${#VARIANTS[@]} -gt "$NGPU" ]; then
+  echo "CPT128_VARIANTS has ${#VARIANTS[@]} variants for NGPU=$NGPU: one GPU per variant" >&2; exit 2
+fi
 ga=$($PY -c "import yaml; print(yaml.safe_load(open('configs/smollm2-135m-32k.yaml'))['grad_accum'])")
 if [ $((ga % NGPU)) -ne 0 ]; then
   echo "grad_accum $ga of configs/smollm2-135m-32k.yaml is not divisible by NGPU=$NGPU" >&2; exit 2
@@ -181,14 +185,16 @@ variant() {  # INDEX VARIANT: its 128K continued pretraining, then every SFT rec
   until [ -e "$O/.prepare128$x" ]; do sleep 5; done
   g=$((i % NGPU))
   if [ ${#VARIANTS[@]} -eq 1 ]; then
-    multi train128 "--set context_parallel=$NGPU ${CPT128_SET:-}"  # e.g. CPT128_SET="--set max_steps=120"
+    SHARDS128=$S/shards-128k$x CPT128=$W/cpt-128k$x TRAIN128_NAME=train128$x \
+      multi train128 "--set context_parallel=$NGPU ${CPT128_SET:-}"  # e.g. CPT128_SET="--set max_steps=120"
   else
     CUDA_VISIBLE_DEVICES=$g SHARDS128=$S/shards-128k$x CPT128=$W/cpt-128k$x TRAIN128_NAME=train128$x \
       TRAIN_SET="${CPT128_SET:-}" OUT=$O/gpu$x bash $P train128 >> "$O/gpu$x.txt" 2>&1
   fi
-  for r in $RECIPES; do
+  for r in $RECIPES; do  # one variant: recipe j on GPU j mod NGPU; several: all on the variant's own GPU, which
+    # the other variants' training does not use
     C=${r%%:*}; st=${r#"$C"}; st=${st#:}
-    sft_run "$C" "$st" $(((i * $(echo $RECIPES | wc -w) + j) % NGPU)) "$x" &
+    if [ ${#VARIANTS[@]} -eq 1 ]; then sft_run "$C" "$st" $((j % NGPU)) "$x" & else sft_run "$C" "$st" $g "$x" & fi
     j=$((j + 1))
   done
   ( export CUDA_VISIBLE_DEVICES=$g CPT128=$W/cpt-128k$x CPT128_NAME=cpt128$x  # beside the SFT: its start

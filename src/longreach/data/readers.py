@@ -10,7 +10,8 @@ JSON lines / parquet file lying directly in the folder (its stem); text files ly
 share the folder's name. `source_field` (JSON lines / parquet) takes the source from each record instead.
 
 Documents of a text folder: one per file (join="file", the default), or one per folder (join="folder"): the
-text files lying directly in one folder, in path order, joined by a blank line into a single document named
+text files lying directly in one folder, in path order (by characters: "ch10" before "ch2"; name files so that
+this is their reading order), joined by a blank line into a single document named
 after the folder. That is the repository-level concatenation ProLong uses for code, applied to manuals and
 books split into files: it gives a corpus whose files are short documents that are long as a whole (a manual's
 chapters, a play's editions side by side) the long-range dependencies a 128K window needs. Records of JSON
@@ -115,7 +116,7 @@ def iter_documents(path: str | Path, text_field: str = "text", on_error: str = "
 
 def _join_text_files(folder: Path, files: list[Path], source: str, problems: _Problems) -> Document | None:
     """The text files of one folder as one document (blank lines between them); bad files as in one-per-file."""
-    texts = [doc.text.strip("\n") for doc in (_read_text_file(f, source, problems) for f in files) if doc is not None]
+    texts = [doc.text.strip("\r\n") for doc in (_read_text_file(f, source, problems) for f in files) if doc is not None]
     if not texts:
         return None
     return Document(text="\n\n".join(texts) + "\n", source=source, doc_id=str(folder))

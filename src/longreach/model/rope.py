@@ -324,8 +324,9 @@ def apply_scheme(config, scheme: str, target_len: int, base: float | None = None
         new["rope_theta"] = float(base) if base is not None else recommended_base(target_len, dim, verbose)
         factor = None
         if attention_factor is not None and new["rope_type"] == "default":
-            new.update(rope_type="yarn", factor=1.0, original_max_position_embeddings=int(target_len),
-                       beta_fast=YARN_BETA_FAST, beta_slow=YARN_BETA_SLOW)
+            new.update(rope_type="yarn", factor=1.0, beta_fast=YARN_BETA_FAST, beta_slow=YARN_BETA_SLOW)
+        if new["rope_type"] == "yarn" and new["factor"] == 1.0:  # only a temperature: it follows the window
+            new["original_max_position_embeddings"] = int(target_len)
         if attention_factor is not None:
             new["attention_factor"] = float(attention_factor)
     elif scheme == "pi":
@@ -338,7 +339,8 @@ def apply_scheme(config, scheme: str, target_len: int, base: float | None = None
         new = {"rope_type": "yarn", "rope_theta": old_base, "factor": float(factor),
                "original_max_position_embeddings": window, "beta_fast": YARN_BETA_FAST,
                "beta_slow": YARN_BETA_SLOW,
-               "attention_factor": yarn_attention_factor(factor) if attention_factor is None else attention_factor}
+               "attention_factor": yarn_attention_factor(factor) if attention_factor is None
+               else float(attention_factor)}
     elif scheme == "llama3":
         new = {"rope_type": "llama3", "rope_theta": old_base, "factor": float(factor),
                "original_max_position_embeddings": window, "low_freq_factor": LLAMA3_LOW_FREQ_FACTOR,

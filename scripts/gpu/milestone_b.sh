@@ -15,21 +15,23 @@
 # same sequences in the same steps) and the 128K stage context parallel (one 128K sequence split over 2 GPUs);
 # then each GPU trains one SFT recipe.
 # Steps, all longreach's own commands (docs/RESULTS.md, milestone B):
-#   CPU, beside the 32K training: the corpus packed at 128K; each recipe's SFT data
-#   GPU: prepare32 extend train32 (milestone A's recipe) -> extend128 (base to the 128K bound) -> train128 ->
-#        per recipe: long-context SFT at 128K, one sequence per step, stopped early (the STOP file: the step in
-#        progress is saved) after step SFT_STOP (0: never) or SFT_DEADLINE_S seconds after the chain started (0:
-#        never) -> NIAH 1K-128K of its last checkpoint -> perplexity: short essays (retention) and by position
-#        over 128K.
+#   CPU, beside the 32K training: the corpus packed at 128K (per variant); each recipe's SFT data
+#   GPU: prepare32 extend train32 (milestone A's recipe) -> per variant: extend128 (base to the 128K bound, or
+#        the variant's extend flags) -> train128 -> per recipe: long-context SFT at 128K, one sequence per step,
+#        stopped early (the STOP file: the step in progress is saved) after step SFT_STOP (0: never) or
+#        SFT_DEADLINE_S seconds after the chain started (0: never) -> NIAH 1K-128K of its last checkpoint ->
+#        perplexity: short essays (retention) and by position over 128K.
 #   Beside the SFT: NIAH of the 128K continued-pretraining model (EVAL_CPT=1) and the perplexity of the original
 #   and the continued-pretraining models.
-# CPT128_SET: more `--set` for the 128K continued pretraining (its 5.2M tokens are the suspect for 96K-128K).
-# ATTN_FACTORS="1.1 1.2": each final SFT model is also evaluated (NIAH) with sharper attention, by `longreach extend
-# --attention-factor F` on it (a config change: RoPE's cos/sin x F, attention logits x F^2; no training).
-# CPT128_VARIANTS="NAME[:PREPARE_ARGS];...": several 128K continued pretrainings side by side, variant i on GPU i
-# (one GPU each, no context parallel; at most NGPU variants), each on the corpus packed with its own `data
-# prepare` flags (e.g. "plain;folders:--join-files folder"); every SFT recipe then trains from every variant, on
-# that variant's GPU. Outputs carry "-NAME" (cpt-128k-NAME, RECIPE-NAME, ...).
+# CPT128_SET: more `--set` for the 128K continued pretraining (e.g. "--set max_steps=90", session 6).
+# ATTN_FACTORS="1.1 1.2": each final SFT model is also evaluated (NIAH) with sharper attention, by `longreach
+# extend --attention-factor F` on it (a config change: RoPE's cos/sin x F, attention logits x F^2; no training).
+# CPT128_VARIANTS="NAME[:PREPARE_ARGS[:EXTEND_ARGS]];...": several 128K continued pretrainings side by side,
+# variant i on GPU i (one GPU each, no context parallel; at most NGPU variants), each on the corpus packed with
+# its own `data prepare` flags and from the 32K model extended with its own `longreach extend` flags (the
+# ablations: "sep;boseos:--sep-mode bos_eos", "bound;x300::--base 3e7", "theta;yarn::--scheme yarn",
+# "t1;t12::--attention-factor 1.2"); every SFT recipe then trains from every variant, on that variant's GPU.
+# Outputs carry "-NAME" (smollm2-128k-base-NAME, cpt-128k-NAME, RECIPE-NAME, ...).
 # Measured: session 4 (one H200): SFT_RECIPES=configs/smollm2-135m-128k-sft.yaml:106 SFT_STOP=81 SFT_HALF=54;
 # session 5 (2 x H200): NGPU=2 SFT_DEADLINE_S=1080 SFT_RECIPES="configs/smollm2-135m-128k-sft-replay.yaml:118
 # configs/smollm2-135m-128k-sft-long.yaml" (the 128K model 7.4 min after the start; SFT steps 6.9-7.5 s, so the
@@ -52,6 +54,7 @@ SFT_SAVE=${SFT_SAVE:-27}
 SFT_DEADLINE_S=${SFT_DEADLINE_S:-0}
 EVAL_CPT=${EVAL_CPT:-0}
 L128=${LENGTHS128:-1000,4000,8000,16000,32000,48000,64000,96000,128000}
+ATTN_LENGTHS=${ATTN_LENGTHS:-$L128}
 DEPTHS=${MB_DEPTHS:-0,11,22,33,44,56,67,78,89,100}
 S=${STAGE:-/root/stage}
 GGUF=${ORIG_MODEL:-$S/smollm2.gguf}
@@ -59,8 +62,8 @@ IFS=';' read -ra VARIANTS <<< "${CPT128_VARIANTS:-}"
 [ ${#VARIANTS[@]} -gt 0 ] || VARIANTS=("")  # one 128K run, named as before
 PY=${PY:-python3}
 PPL_SHORT=${PPL_SHORT:-4096} PPL_LONG=${PPL_LONG:-131072}
-ATTN_FACTORS=${ATTN_FACTORS:-}  # e.g. "1.1 1.2": after each SFT's evaluations, NIAH again at these attention factors
-# (each a full NIAH, ~2 min on an H100: plan the SFT deadline for them)
+ATTN_FACTORS=${ATTN_FACTORS:-}  # e.g. "1.1 1.2": after each SFT's evaluations, NIAH at these attention factors
+# (each at ATTN_LENGTHS, by default all of LENGTHS128: ~2 min on an H100; plan the SFT deadline for them)
 # A CPU smoke run at toy sizes (docs/LOG.md): SMOKE=1 SEQ32=1024 SEQ128=2048 STAGE=... WORK=... PY=python
 # ORIG_MODEL=SRC_MODEL=<gguf> LENGTHS128=400,600 MB_DEPTHS=0,100 SFT_RECIPES="configs/smollm2-128k-sft-smoke.yaml:6"
 # NGPU=2 SFT_SAVE=1 SFT_HALF=2 SFT_STOP=3 PPL_SHORT=256 PPL_LONG=1024 MB_OUT=... bash scripts/gpu/milestone_b.sh
@@ -68,8 +71,8 @@ export WORK=$W PYTHONPATH="$PWD/src:/tmp/site" HF_HUB_OFFLINE=1 TOKENIZERS_PARAL
 mkdir -p "$O" "$W/eval"
 t_start=$(date +%s)
 LR() { $PY -m longreach.cli "$@"; }
-niah_gen() {  # MODEL NAME [BATCH]: the default needle, 9 lengths x 10 depths, greedy generation
-  LR eval niah --model "$1" --out "$W/eval/$2-generate" --lengths $L128 --depths $DEPTHS \
+niah_gen() {  # MODEL NAME [BATCH [LENGTHS]]: the default needle, 9 lengths x 10 depths, greedy generation
+  LR eval niah --model "$1" --out "$W/eval/$2-generate" --lengths "${4:-$L128}" --depths $DEPTHS \
     --mode generate --batch-size "${3:-8}" > "$W/eval/$2-generate.log" 2>&1 || echo "niah $2 failed" >> "$O/gpu.txt"
 }
 ppl() {  # NAME LENGTH SEQUENCES [BUCKETS] --model M...: perplexity of the essays (no model trained on them)
@@ -138,7 +141,8 @@ print(c['rope_theta'], c['max_position_embeddings'])" "$m")
   for f in $ATTN_FACTORS; do  # the same model with sharper attention (config only: logits x f^2), its NIAH
     a=$W/$T-$n-attn$f
     LR extend --model "$m" --target-len "$win" --base "$base" --attention-factor "$f" --out "$a" > "$a.log" 2>&1 \
-      && niah_gen "$a" "$T-$n-attn$f" 16 || echo "attention factor $f of $T failed (see $a.log)" >> "$O/gpu.txt"
+      && niah_gen "$a" "$T-$n-attn$f" 16 "$ATTN_LENGTHS" \
+      || echo "attention factor $f of $T failed (see $a.log)" >> "$O/gpu.txt"
   done
 }
 
@@ -150,9 +154,14 @@ if [ $((ga % NGPU)) -ne 0 ]; then
   echo "grad_accum $ga of configs/smollm2-135m-32k.yaml is not divisible by NGPU=$NGPU" >&2; exit 2
 fi
 suffix() { local v=${1%%:*}; echo "${v:+-$v}"; }  # VARIANT: "-NAME" of its outputs ("" for the unnamed one)
+field() {  # VARIANT N: its N-th ":" field (1: prepare flags, 2: extend flags)
+  local rest=${1#"${1%%:*}"} k; rest=${rest#:}
+  for ((k = 1; k < $2; k++)); do [[ $rest == *:* ]] && rest=${rest#*:} || rest=; done
+  echo "${rest%%:*}"
+}
 rm -f "$O"/.prepare128* "$O/.done"  # markers of an earlier run
 for e in "${VARIANTS[@]}"; do  # the corpus packed at 128K, once per variant (CPU only, beside the 32K stage)
-  x=$(suffix "$e"); a=${e#"${e%%:*}"}; a=${a#:}
+  x=$(suffix "$e"); a=$(field "$e" 1)
   (SHARDS128=$S/shards-128k$x PACK_ARGS="$a" OUT=$O/cpu$x bash $P prepare128 > "$O/cpu$x.txt" 2>&1
    touch "$O/.prepare128$x") &
 done
@@ -177,19 +186,19 @@ multi() {  # STEP SET: a training step on NGPU GPUs; should it fail there, again
 }
 OUT=$O/gpu bash $P prepare32 extend > "$O/gpu.txt" 2>&1
 multi train32 "--set grad_accum=$((ga / NGPU))"
-OUT=$O/gpu bash $P extend128 >> "$O/gpu.txt" 2>&1
 essays=$($PY -c "from longreach import assets; print(assets.paul_graham_essays())")
 variant() {  # INDEX VARIANT: its 128K continued pretraining, then every SFT recipe from it, and the perplexity
   # of the model they start from beside them. One variant: on all GPUs (context parallel); several: one GPU each.
   local i=$1 x c j=0 r C st g; x=$(suffix "$2")
-  until [ -e "$O/.prepare128$x" ]; do sleep 5; done
+  local BASE128=$W/smollm2-128k-base$x SHARDS128=$S/shards-128k$x CPT128=$W/cpt-128k$x TRAIN128_NAME=train128$x
+  export BASE128 SHARDS128 CPT128 TRAIN128_NAME
   g=$((i % NGPU))
+  EXTEND128_ARGS=$(field "$2" 2) OUT=$O/gpu$x bash $P extend128 >> "$O/gpu$x.txt" 2>&1
+  until [ -e "$O/.prepare128$x" ]; do sleep 5; done
   if [ ${#VARIANTS[@]} -eq 1 ]; then
-    SHARDS128=$S/shards-128k$x CPT128=$W/cpt-128k$x TRAIN128_NAME=train128$x \
-      multi train128 "--set context_parallel=$NGPU ${CPT128_SET:-}"  # e.g. CPT128_SET="--set max_steps=120"
+    multi train128 "--set context_parallel=$NGPU ${CPT128_SET:-}"  # e.g. CPT128_SET="--set max_steps=120"
   else
-    CUDA_VISIBLE_DEVICES=$g SHARDS128=$S/shards-128k$x CPT128=$W/cpt-128k$x TRAIN128_NAME=train128$x \
-      TRAIN_SET="${CPT128_SET:-}" OUT=$O/gpu$x bash $P train128 >> "$O/gpu$x.txt" 2>&1
+    CUDA_VISIBLE_DEVICES=$g TRAIN_SET="${CPT128_SET:-}" OUT=$O/gpu$x bash $P train128 >> "$O/gpu$x.txt" 2>&1
   fi
   for r in $RECIPES; do  # one variant: recipe j on GPU j mod NGPU; several: all on the variant's own GPU, which
     # the other variants' training does not use

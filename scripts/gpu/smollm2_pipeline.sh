@@ -63,7 +63,7 @@ BASE32=$WORK/smollm2-32k-base
 CPT32=${CPT32:-$WORK/cpt-32k}
 DATA32=${DATA32:-$STAGE/shards-32k}
 SELFCHAT_N=${SELFCHAT_N:-2000}
-BASE128=$WORK/smollm2-128k-base
+BASE128=${BASE128:-$WORK/smollm2-128k-base}
 CPT128=${CPT128:-$WORK/cpt-128k}
 SHARDS128=${SHARDS128:-$STAGE/shards-128k}
 TRAIN128_NAME=${TRAIN128_NAME:-train128}  # its log's name (two 128K runs side by side: milestone_b.sh)
@@ -213,8 +213,10 @@ step_prepare128() {  # milestone B data: the same corpus packed at 128K (SHARDS1
   pack prepare128 "${SEQ128:-131072}" "$SHARDS128" "$STAGE/corpus"
 }
 step_extend128() {  # 32K -> 128K: the trained 32K model, base raised to the bound for 128K at head dim 64
+  # (EXTEND128_ARGS: other `longreach extend` flags, e.g. "--base 3e7", "--scheme yarn", "--attention-factor 1.2")
   local m; m=$(need_ckpt "$CPT32"); [ -n "$m" ] || return 0
-  timed LR extend --model "$m" --target-len 131072 --out "$BASE128" 2>&1 | tail -3 | tee -a "$OUT/pipeline.log" \
+  timed LR extend --model "$m" --target-len 131072 --out "$BASE128" ${EXTEND128_ARGS:-} 2>&1 | tail -3 \
+    | tee -a "$OUT/pipeline.log" \
     || log "  FAILED extend128"
   keep "$(basename "$BASE128")"
 }

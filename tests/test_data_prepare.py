@@ -284,7 +284,9 @@ def test_cli_prepare_and_inspect_with_llama3(tmp_path):
 
     result = CliRunner().invoke(app, ["data", "inspect", str(tmp_path / "out"), "--tokens", "8"])
     assert result.exit_code == 0, result.output
-    shown = json.loads(result.stdout)["sequence"]
+    report = json.loads(result.stdout)
+    assert report["document_spans"] == m["document_spans"]  # recomputed from the shards
+    shown = report["sequence"]
     assert shown["tokenizer_matches"] and shown["doc_starts"] == [0]
     first = json.loads((tmp_path / "c" / "a.jsonl").read_text().splitlines()[0])["text"]
     assert len(shown["head_ids"]) == 8 and len(shown["head_text"]) > 8 and first.startswith(shown["head_text"])

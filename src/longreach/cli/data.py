@@ -102,7 +102,9 @@ def inspect(
                          ] = None,
 ) -> None:
     """Summarize a shard directory and decode the head of one sequence. Prints JSON on stdout."""
-    from longreach.data.prepare import SOURCE_SUMMARY
+    import numpy as np
+
+    from longreach.data.prepare import SOURCE_SUMMARY, longest_span, span_summary
     from longreach.data.shards import PackedShards
     from longreach.data.tokenize import load_tokenizer, tokenizer_hash
     from longreach.errors import InputError
@@ -114,6 +116,9 @@ def inspect(
     report = {"dir": dir, **{k: m[k] for k in keys if k in m}, "shard_files": len(m["shards"])}
     if "sources" in m:
         report["sources"] = {name: {k: s[k] for k in SOURCE_SUMMARY} for name, s in m["sources"].items()}
+    # how far a dependency inside one document reaches, from the shards themselves (any shards, old ones too)
+    spans = np.array([longest_span(ds.doc_starts(i), m["seq_len"]) for i in range(len(ds))], dtype=np.int64)
+    report["document_spans"] = span_summary(spans, m["seq_len"])
     item = ds[index]
     head = item["input_ids"][:tokens].tolist()
     shown = {"index": index, "doc_starts": ds.doc_starts(index).tolist(), "head_ids": head}

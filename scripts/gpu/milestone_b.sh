@@ -93,7 +93,7 @@ newest() {  # NAME: the newest SFT checkpoint's step, 0 before the first
 ckpt() { echo "$W/$1/sft3/checkpoints/$(printf 'step-%06d' "$2")"; }  # NAME STEP
 
 sft_run() {  # CONFIG STEPS GPU SUFFIX: one 128K SFT (started once its data exist) from the continued pretraining
-  # cpt-128k$SUFFIX, its NIAH and perplexity
+  # in $CPT128 (set by variant), its NIAH and perplexity; SUFFIX names its outputs
   local C=$1 steps=$2 x=$4 T dn half= n m sft
   dn=$(name_of "$C"); T=$dn$x
   export CUDA_VISIBLE_DEVICES=$3
@@ -105,7 +105,7 @@ sft_run() {  # CONFIG STEPS GPU SUFFIX: one 128K SFT (started once its data exis
   done
   local set="--set train.grad_accum=1 --set train.save_every=$SFT_SAVE"
   [ -z "$steps" ] || set+=" --set stages.sft3.train.max_steps=$steps"
-  SFT_CONFIG=$C SFT_DATA=$W/data-$dn SFT_FROM=$W/cpt-128k$x SFT=$W/$T SFT_NAME=$T SFT_SET="$set" \
+  SFT_CONFIG=$C SFT_DATA=$W/data-$dn SFT_FROM=$CPT128 SFT=$W/$T SFT_NAME=$T SFT_SET="$set" \
     OUT=$O/gpu-$T bash $P sft3 > "$O/gpu-$T.txt" 2>&1 &
   sft=$!
   local log=$W/$T/sft3/metrics.jsonl asked=
@@ -203,17 +203,17 @@ variant() {  # INDEX VARIANT: its 128K continued pretraining, then every SFT rec
   for r in $RECIPES; do  # one variant: recipe j on GPU j mod NGPU; several: all on the variant's own GPU, which
     # the other variants' training does not use
     C=${r%%:*}; st=${r#"$C"}; st=${st#:}
-    if [ ${#VARIANTS[@]} -eq 1 ]; then sft_run "$C" "$st" $((j % NGPU)) "$x" & else sft_run "$C" "$st" $g "$x" & fi
+    sft_run "$C" "$st" $(( ${#VARIANTS[@]} == 1 ? j % NGPU : g )) "$x" &
     j=$((j + 1))
   done
-  ( export CUDA_VISIBLE_DEVICES=$g CPT128=$W/cpt-128k$x CPT128_NAME=cpt128$x  # beside the SFT: its start
+  ( export CUDA_VISIBLE_DEVICES=$g CPT128_NAME=cpt128$x  # beside the SFT: the model it starts from
     [ "$EVAL_CPT" = 1 ] && NIAH_BATCH=4 OUT=$O/eval$x bash $P eval128 > "$O/eval$x.txt" 2>&1
-    c=$(latest "$W/cpt-128k$x")
+    c=$(latest "$CPT128")
     ppl ppl128-short-base$x "$PPL_SHORT" 8 "" --model "$GGUF" ${c:+--model $c}
     [ -z "$c" ] || ppl ppl128-long-cpt128$x "$PPL_LONG" 1 16 --model "$c" ) &
   wait
-  cp "$W"/train128$x.log "$W/eval/" 2>/dev/null
-  cp "$W"/cpt-128k$x/metrics.jsonl "$W/eval/cpt128$x-metrics.jsonl" 2>/dev/null
+  cp "$W/$TRAIN128_NAME.log" "$W/eval/" 2>/dev/null
+  cp "$CPT128/metrics.jsonl" "$W/eval/cpt128$x-metrics.jsonl" 2>/dev/null
 }
 i=0
 for e in "${VARIANTS[@]}"; do

@@ -116,7 +116,8 @@ def iter_documents(path: str | Path, text_field: str = "text", on_error: str = "
 
 def _join_text_files(folder: Path, files: list[Path], source: str, problems: _Problems) -> Document | None:
     """The text files of one folder as one document (blank lines between them); bad files as in one-per-file."""
-    texts = [doc.text.strip("\r\n") for doc in (_read_text_file(f, source, problems) for f in files) if doc is not None]
+    docs = (_read_text_file(f, source, problems) for f in files)
+    texts = [doc.text.strip("\r\n") for doc in docs if doc is not None]
     if not texts:
         return None
     return Document(text="\n\n".join(texts) + "\n", source=source, doc_id=str(folder))

@@ -358,7 +358,8 @@ def apply_scheme(config, scheme: str, target_len: int, base: float | None = None
         _log(f"rope: {summary['scheme']}: {old['rope_type']} base {old_base:.4g} window {window} -> "
              f"{new['rope_type']} base {new['rope_theta']:.4g} window {target_len}"
              + (f" factor {factor:.4g}" if factor else "")
-             + (f" attention factor {summary['attention_scaling']:.4g}" if summary["attention_scaling"] != 1 else ""))
+             + (f" attention factor {summary['attention_scaling']:.4g}" if summary["attention_scaling"] != 1
+                else ""))
     return summary
 
 

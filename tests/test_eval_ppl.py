@@ -47,3 +47,31 @@ def test_labels_and_bad_input(tmp_path):
         ppl.windows(tiny_tokenizer(), "too short.", 64, 1)
     with pytest.raises(InputError):
         ppl.run(ppl.PplConfig(text=str(tmp_path / "t.txt"), length=64), backends=[])
+
+
+def test_short_context_control_scores_each_token_once_with_half_to_full_context(tmp_path):
+    from longreach import assets
+
+    backend = tiny_backend(0)
+    tok = backend.tokenizer
+    text = ppl.read_text(sorted(assets.paul_graham_essays().glob("*.txt"))[5], 10**5)
+    (ids,) = ppl.windows(tok, text, 40, 1)
+    bos = ppl.bos_prefix(tok)
+    assert bos == [tok.bos_token_id] and ids[0] == bos[0]
+    full = backend.token_logprobs(ids)[0]
+    assert torch.allclose(ppl.windowed_logprobs(backend, ids, 64, bos), full, atol=1e-5)  # W >= length: same
+    w = 10
+    got = ppl.windowed_logprobs(backend, ids, w, bos)
+    assert torch.allclose(got[:w - 1], full[:w - 1], atol=1e-5)  # the first window: as the full sequence
+    for t in range(w, len(ids)):  # each later target: BOS, then between W/2 - 1 and W - 1 tokens before it
+        options = [float(backend.token_logprobs(bos + ids[t - c:t + 1])[0][-1]) for c in range(w // 2 - 1, w)]
+        assert min(abs(float(got[t - 1]) - o) for o in options) < 1e-5, t
+    assert not torch.allclose(got, full, atol=1e-3)  # the context did shrink
+    with pytest.raises(InputError, match="at least"):
+        ppl.windowed_logprobs(backend, ids, 2, bos)
+
+    cfg = ppl.PplConfig(text=str(sorted(assets.paul_graham_essays().glob("*.txt"))[5]), length=40, buckets=2,
+                        sequences=1, context=w, out=str(tmp_path / "c"))
+    res = ppl.run(cfg, backends=[backend])
+    assert res["context"] == w
+    assert res["models"][0]["loss"] == pytest.approx(float(-got.double().mean()), abs=1e-5)

@@ -35,22 +35,46 @@ def test_report_gathers_every_result(tmp_path):
     (run / "ruler" / "results.json").write_text(json.dumps([
         {"benchmark": "ruler", "task": "niah_single_1", "length": 4096, "n": 2, "score": 100.0},
         {"benchmark": "ruler", "task": "niah_single_1", "length": 8192, "n": 2, "score": 50.0}]))
+    (run / "train").mkdir()  # a training log, as `longreach train` writes it (any file name)
+    (run / "train" / "cpt-metrics.jsonl").write_text("".join(json.dumps(
+        {"step": k, "loss": 3.0 - 0.1 * k, "lr": 1e-4, "tokens": 100, "tokens_per_s": 1000.0 * k,
+         "step_time_s": 9.0 if k == 1 else 0.5 + 0.1 * k, "peak_mem_gib": 1.0 + k}) + "\n" for k in range(1, 13)))
+    (run / "attn").mkdir()  # an attention probe's results.json (eval attention)
+    (run / "attn" / "results.json").write_text(json.dumps({"model": "sft", "retrieval_heads": [[3, 1]], "summary": [
+        {"length": 4096, "depth": 50.0, "needle": 0.25, "sink": 0.5, "recent": 0.9, "margin": 1.5,
+         "best_needle": 0.4}], "cells": []}))
     (run / "broken.json").write_text("{oops")
     (run / "config.json").write_text(json.dumps({"lr": 1e-4}))  # not a result: ignored
 
     out = run / "report"
-    r = CliRunner().invoke(app, ["report", str(run), "--out", str(out)])
+    r = CliRunner().invoke(app, ["report", str(run), "--out", str(out), "--meta", "card=H100 80GB",
+                                 "--meta", "command=make x=1"])
     assert r.exit_code == 0, r.output
     md = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
     assert "## Needle in a haystack" in md and "niah/base/results.json: base.gguf" in md
     assert "| 50 | 1.00 | 1.00 |" in md  # the depth-50 row: 2K and 4K
+    assert "| mean | 0.67 | 0.50 |" in md  # per length
     assert "| base | 9.50 | 7.39 | 12.18 |" in md and "0-512" in md
     assert "| infinitebench | en_qa | 10 | 12.50 | 43.51 | 48.22 | 19.29 | 38.49 |" in md  # beside the paper
     assert "| InfiniteBench >100K (En.Sum, En.QA, En.MC, En.Dia) | 20.62 | 35.59 |" in md  # all 4 present
     assert "1/6 tasks" in md  # the 32K suite is incomplete: no average
     assert "| ruler | niah_single_1 @ 8192 | 2 | 50.00 |" in md
     assert "broken.json" in md and "lr" not in md
+    # the training log: 12 steps, step 1's warm-up left out of the medians (steps 2-12: 0.7..1.7 s, 2K..12K tok/s)
+    assert "| train/cpt-metrics.jsonl | 12 | 1.80 | 2.25 | 1.20 | 7000 | 13.00 |" in md
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["meta"] == {"card": "H100 80GB", "command": "make x=1"}
+    (niah,) = summary["niah"]
+    assert niah["file"] == "niah/base/results.json" and niah["per_length"] == {"2000": 2 / 3, "4000": 0.5}
+    assert niah["cells"][2] == [2000, 100.0, 0]
+    assert summary["ppl"][0]["models"][1] == {"model": "extended", "path": None, "ppl": 8.1,
+                                              "buckets": [[0, 512, 7.39 * 0.9], [512, 1024, 12.18 * 0.9]]}
+    (t,) = summary["train"]
+    assert t["steps"] == 12 and abs(t["step_time_s_median"] - 1.2) < 1e-9 and t["peak_mem_gib"] == 13.0
+    assert len(summary["scores"]) == 7
+    assert "## Attention on the needle" in md and "| 4K | 50 | 0.25 | 0.50 | 0.90 | 1.50 | 0.40 |" in md
+    assert summary["probe"][0]["retrieval_heads"] == [[3, 1]] and len(summary["niah"]) == 1
     for png in ("niah_niah_base_results.png", "ppl_ppl_results.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG" and f'src="{png}"' in html
     assert "<table>" in html and "en_dia" in html
@@ -61,3 +85,5 @@ def test_report_on_an_empty_folder_and_a_missing_one(tmp_path):
     assert r.exit_code == 0 and "No results found" in (tmp_path / "r" / "report.md").read_text()
     r = CliRunner().invoke(app, ["report", str(tmp_path / "nope"), "--out", str(tmp_path / "r2")])
     assert r.exit_code != 0
+    r = CliRunner().invoke(app, ["report", str(tmp_path), "--out", str(tmp_path / "r3"), "--meta", "card"])
+    assert r.exit_code != 0 and "--meta" in str(r.exception) and "KEY=VALUE" in str(r.exception)

@@ -1,7 +1,9 @@
-"""`longreach eval niah` and `longreach eval ppl`: needle in a haystack and perplexity by position.
+"""`longreach eval niah`, `eval ppl` and `eval attention`: needle in a haystack, perplexity by position, and
+where attention goes in a needle prompt.
 
     longreach eval niah --model M.gguf --lengths 2000,4000 --depths 0,25,50,75,100 --out runs/niah
     longreach eval ppl --model base --model extended --text held_out/ --length 8192 --out runs/ppl
+    longreach eval attention --model runs/sft --lengths 16000,128000 --depths 0,50,100 --out runs/attn
 """
 
 from __future__ import annotations
@@ -77,11 +79,40 @@ def ppl(
     length: int = typer.Option(..., help="tokens per sequence"),
     buckets: int = typer.Option(8, help="position buckets"),
     sequences: int = typer.Option(4, help="sequences of LENGTH tokens to average over"),
+    context: int | None = typer.Option(None, help="score each token with at most this many tokens before it "
+                                                   "(windows moved by half): the text's own difficulty per "
+                                                   "bucket, the control for a long curve"),
     out: str = typer.Option(..., help="output folder: results.json and ppl.png"),
 ) -> None:
     """Perplexity by position on long held-out text. Prints results.json as JSON."""
     from longreach.eval.ppl import PplConfig, run
 
     results = run(PplConfig(models=list(model), text=text, length=length, buckets=buckets, sequences=sequences,
-                            out=out))
+                            context=context, out=out))
     print(json.dumps(results))
+
+
+@eval_app.command("attention")
+def attention(
+    model: str = typer.Option(..., help="HF folder or .gguf file"),
+    haystack: str | None = typer.Option(None, help=".txt file or folder; default: Paul Graham essays"),
+    needle: str | None = typer.Option(None, help="needle sentence (default: NIAH's)"),
+    question: str | None = typer.Option(None, help="question asked after the context (default: NIAH's)"),
+    lengths: str = typer.Option("4000,16000", help="whole-prompt lengths in tokens, comma-separated"),
+    depths: str = typer.Option("0,50,100", help="needle depths in % of the context"),
+    recent: int = typer.Option(8192, help="keys just before the question counted as recent"),
+    top: int = typer.Option(8, help="retrieval heads (most needle attention at the shortest length) to follow"),
+    chat: bool | None = typer.Option(None, "--chat/--no-chat", help="chat template (default: when it has one)"),
+    out: str = typer.Option(..., help="output folder: results.json and probe.png"),
+) -> None:
+    """Share of each head's attention from the question on the needle, the sink and the recent keys, and the
+    needle's logit margin, per length and depth. Prints the retrieval heads' summary as JSON."""
+    from longreach.eval.probe import ProbeConfig, run
+
+    cfg = ProbeConfig(model=model, haystack=haystack, lengths=_numbers(lengths, int, "lengths"),
+                      depths=_numbers(depths, float, "depths"), recent=recent, top=top, chat=chat, out=out)
+    for name, value in (("needle", needle), ("question", question)):
+        if value is not None:
+            setattr(cfg, name, value)
+    results = run(cfg)
+    print(json.dumps({k: results[k] for k in ("model", "retrieval_heads", "summary")}))

@@ -1,4 +1,5 @@
-"""Figures: the needle-in-a-haystack heatmap and perplexity-by-position curves (matplotlib, no display)."""
+"""Figures: the needle-in-a-haystack heatmap, perplexity-by-position curves and the attention probe
+(matplotlib, no display)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,34 @@ def ppl_curves(results: dict[str, Any], path: str | Path) -> None:
     ax.set_title(f"Perplexity by position, sequences of {short_tokens(results['length'])} tokens", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def probe_lines(results: dict[str, Any], path: str | Path) -> None:
+    """Attention probe: the retrieval heads' share of attention on the needle (left) and the needle's logit
+    margin (right) against context length, one line per needle depth."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10.0, 3.8))
+    depths = sorted({s["depth"] for s in results["summary"]})
+    for d in depths:
+        rows = sorted((s for s in results["summary"] if s["depth"] == d), key=lambda s: s["length"])
+        xs = [s["length"] for s in rows]
+        left.plot(xs, [s["needle"] for s in rows], marker="o", label=f"depth {d:g}%")
+        right.plot(xs, [s["margin"] for s in rows], marker="o", label=f"depth {d:g}%")
+    for ax, label in ((left, "share of attention on the needle"), (right, "needle logit - best other key")):
+        ax.set_xscale("log")
+        ax.set_xticks(sorted({s["length"] for s in results["summary"]}),
+                      [short_tokens(n) for n in sorted({s["length"] for s in results["summary"]})])
+        ax.minorticks_off()
+        ax.set_xlabel("Context length (tokens)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    right.axhline(0.0, color="grey", linewidth=0.8)
+    left.legend(fontsize=8)
+    fig.suptitle(f"Attention of the {len(results['retrieval_heads'])} retrieval heads from the question: "
+                 f"{Path(str(results.get('model', ''))).name}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

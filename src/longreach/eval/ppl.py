@@ -8,6 +8,12 @@ one). Each position's next-token loss is averaged into `buckets` equal position 
 or RoPE cannot reach a position shows its perplexity rising there. The logits are never materialised for the
 whole sequence: the loss is computed from the final hidden states `chunk_tokens` positions at a time.
 Writes results.json and ppl.png (one line per model, so base / RoPE-changed / extended share one plot).
+
+`context` W scores the same tokens with at most W tokens of context (windows of W moved by W/2, each token
+scored once with between W/2 and W tokens before it; BOS first in each window when the sequences have one): the
+text's own difficulty per bucket, the control for a long curve. A curve that rises with position while its
+W-context control stays flat is the model getting worse far into the sequence; one that rises with it is harder
+text there.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class PplConfig:
     length: int = 4096  # tokens per sequence
     buckets: int = 8  # equal position ranges over the sequence
     sequences: int = 4  # windows of `length` tokens averaged per model
+    context: int | None = None  # score each token with at most this many tokens of context (None: all before it)
     out: str = "runs/ppl"  # results.json and ppl.png
     dtype: str | None = None  # None: bfloat16 on GPU, float32 on CPU
     device: str | None = None  # None: cuda when available
@@ -50,16 +57,43 @@ def read_text(path: str | Path, max_chars: int) -> str:
     return "\n\n".join(parts)
 
 
+def bos_prefix(tokenizer: Any) -> list[int]:
+    """[BOS] when the tokenizer puts one in front of a text, else []."""
+    probe = encode(tokenizer, "a")
+    return probe[:1] if tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id] else []
+
+
 def windows(tokenizer: Any, text: str, length: int, count: int) -> list[list[int]]:
     """Up to `count` consecutive windows of exactly `length` tokens."""
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    probe = encode(tokenizer, "a")
-    bos = probe[:1] if tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id] else []
+    bos = bos_prefix(tokenizer)
     step = length - len(bos)
     n = min(count, len(ids) // step)
     if n == 0:
         raise InputError(f"the text has {len(ids)} tokens; one sequence needs {step}", field="length")
     return [bos + ids[i * step:(i + 1) * step] for i in range(n)]
+
+
+def windowed_logprobs(backend: Any, ids: list[int], context: int, bos: list[int]) -> Any:
+    """log p(ids[t] | at most `context` tokens before it) for t >= 1: windows of `context` tokens moved by half of
+    it, each scoring the targets the previous window did not (the first window scores from t = 1), with `bos`
+    put in front of every window but the first (which already starts with it when the sequence has one)."""
+    import torch
+
+    if context < 2 + len(bos):
+        raise InputError(f"must be at least {2 + len(bos)}, got {context}", field="context")
+    out = torch.zeros(len(ids) - 1)
+    done = 1  # targets 1..done-1 are scored
+    while done < len(ids):
+        end = min(len(ids), done + (context - len(bos)) // 2) if done > 1 else min(len(ids), context)
+        start = max(0, end - context + len(bos))
+        pre = bos if start > 0 else []
+        lp, _ = backend.token_logprobs(pre + ids[start:end])
+        # lp[j] is the target (pre + ids[start:end])[j + 1] = ids[start - len(pre) + j + 1]
+        j0 = done - start + len(pre) - 1
+        out[done - 1:end - 1] = lp[j0:]
+        done = end
+    return out
 
 
 def bucket_losses(losses: list[Any], length: int, buckets: int) -> list[dict[str, float]]:
@@ -100,12 +134,15 @@ def run(cfg: PplConfig, backends: list[Any] | None = None) -> dict[str, Any]:
     models = []
     for i, name in enumerate(names):
         backend = backends[i] if backends else LocalHF(cfg.models[i], dtype=cfg.dtype, device=cfg.device)
-        if cfg.length > backend.max_length:
-            print(f"note: {name}: {cfg.length} tokens exceed its window ({backend.max_length})", file=sys.stderr)
+        reach = cfg.context or cfg.length
+        if reach > backend.max_length:
+            print(f"note: {name}: {reach} tokens exceed its window ({backend.max_length})", file=sys.stderr)
         seqs = windows(backend.tokenizer, text, cfg.length, cfg.sequences)
+        bos = bos_prefix(backend.tokenizer)
         losses = []
         for k, ids in enumerate(seqs):
-            lp, _ = backend.token_logprobs(ids)
+            lp = backend.token_logprobs(ids)[0] if cfg.context is None \
+                else windowed_logprobs(backend, ids, cfg.context, bos)
             losses.append(-lp)
             print(f"{name}: sequence {k + 1}/{len(seqs)} loss {float(-lp.mean()):.3f}", file=sys.stderr)
         curve = bucket_losses(losses, cfg.length, cfg.buckets)
@@ -114,7 +151,8 @@ def run(cfg: PplConfig, backends: list[Any] | None = None) -> dict[str, Any]:
                        "ppl": math.exp(loss), "sequences": len(seqs), "window": backend.max_length,
                        "curve": curve})
         del backend
-    results = {"text": cfg.text, "length": cfg.length, "buckets": cfg.buckets, "models": models}
+    results = {"text": cfg.text, "length": cfg.length, "buckets": cfg.buckets, "context": cfg.context,
+               "models": models}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -3,21 +3,26 @@
     longreach report runs/demo --out runs/demo/report      # writes report.md, report.html and PNGs
 
 Results are found by shape, wherever they sit under the run folder: NIAH results.json ({"cells", "mean"}),
-perplexity results.json ({"models": [{"curve"}]}), and benchmark scores ({"benchmark", "task", "n", "score"},
+perplexity results.json ({"models": [{"curve"}]}), benchmark scores ({"benchmark", "task", "n", "score"},
 as `longreach eval score` prints them; a .json file may hold one such object or a list, a .jsonl one per
-line). Benchmark rows sit beside the paper's numbers (RECIPE.md section 1), and suite averages are shown
-once every task of a suite is present. Figures are redrawn from the data, so a missing PNG does not matter.
+line), training logs (a metrics.jsonl of `longreach train` / `sft`, under any name: every line has "step",
+"loss" and "step_time_s"), and attention probes (`eval attention`'s results.json). Benchmark rows sit beside the paper's numbers (RECIPE.md section 1), and suite
+averages are shown once every task of a suite is present. Figures are redrawn from the data, so a missing PNG
+does not matter. The same numbers go to summary.json (NIAH cells and means per length, perplexity per bucket,
+training summaries, scores), with `--meta KEY=VALUE` pairs (card, date, command) at its top: the file docs/data/
+keeps.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
 from longreach.errors import InputError
-from longreach.eval.plots import niah_heatmap, ppl_curves, short_tokens
+from longreach.eval.plots import niah_heatmap, ppl_curves, probe_lines, short_tokens
 
 # ChatQA 2 paper (Xu et al. 2024), per task, 0-100.
 PAPER_MODELS = ["ChatQA-2-8B", "ChatQA-2-70B", "GPT-4-Turbo", "Llama3.1-70B-Instruct"]
@@ -46,9 +51,37 @@ def _is_score(x: Any) -> bool:
     return isinstance(x, dict) and {"benchmark", "task", "score"} <= set(x)
 
 
+def _is_train_log(items: list[Any]) -> bool:
+    return bool(items) and all(isinstance(x, dict) and {"step", "loss", "step_time_s"} <= set(x) for x in items)
+
+
+def train_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """A training log in a few numbers: the last step and its loss, the mean loss of the last 10 logged steps,
+    median step time and tokens/s (leaving out step 1's warm-up when later steps exist), peak GPU memory."""
+    timed = [r for r in records if r["step"] > 1] or records
+    out = {"steps": records[-1]["step"], "final_loss": float(records[-1]["loss"]),
+           "mean_loss_last_10": statistics.fmean(float(r["loss"]) for r in records[-10:]),
+           "step_time_s_median": statistics.median(float(r["step_time_s"]) for r in timed)}
+    if all("tokens_per_s" in r for r in timed):
+        out["tokens_per_s_median"] = statistics.median(float(r["tokens_per_s"]) for r in timed)
+    mem = [float(r["peak_mem_gib"]) for r in records if "peak_mem_gib" in r]
+    if mem:
+        out["peak_mem_gib"] = max(mem)
+    return out
+
+
+def per_length(result: dict[str, Any]) -> dict[int, float]:
+    """A NIAH result's mean score at each context length."""
+    by: dict[int, list[float]] = {}
+    for c in result["cells"]:
+        by.setdefault(c["length"], []).append(float(c["score"]))
+    return {n: sum(v) / len(v) for n, v in sorted(by.items())}
+
+
 def collect(run_dir: Path, skip: Path | None = None) -> dict[str, list[tuple[str, Any]]]:
     """(relative path, data) of each result under run_dir, by kind; unreadable files under "skipped"."""
-    found: dict[str, list[tuple[str, Any]]] = {"niah": [], "ppl": [], "scores": [], "skipped": []}
+    found: dict[str, list[tuple[str, Any]]] = {"niah": [], "ppl": [], "scores": [], "train": [], "probe": [],
+                                               "skipped": []}
     files = sorted(p for p in run_dir.rglob("*") if p.suffix in (".json", ".jsonl") and p.is_file())
     for f in files:
         if skip is not None and skip.resolve() in f.resolve().parents:
@@ -63,6 +96,9 @@ def collect(run_dir: Path, skip: Path | None = None) -> dict[str, list[tuple[str
         except (json.JSONDecodeError, UnicodeDecodeError, OSError):
             found["skipped"].append((rel, None))
             continue
+        if f.suffix == ".jsonl" and _is_train_log(items):
+            found["train"].append((rel, train_summary(items)))
+            continue
         for item in items:
             if isinstance(item, dict) and isinstance(item.get("cells"), list) and "mean" in item:
                 found["niah"].append((rel, item))
@@ -71,6 +107,8 @@ def collect(run_dir: Path, skip: Path | None = None) -> dict[str, list[tuple[str
                 found["ppl"].append((rel, item))
             elif _is_score(item):
                 found["scores"].append((rel, item))
+            elif isinstance(item, dict) and {"retrieval_heads", "summary"} <= set(item):
+                found["probe"].append((rel, item))
     return found
 
 
@@ -82,12 +120,13 @@ def _slug(rel: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in rel.rsplit(".", 1)[0]).strip("_")
 
 
-def blocks(run_dir: Path, out: Path) -> list[Block]:
+def blocks(run_dir: Path, out: Path, found: dict[str, list[tuple[str, Any]]] | None = None) -> list[Block]:
     """The page as a list of blocks (headings, paragraphs, images, tables); figures are drawn into `out`."""
-    found = collect(run_dir, skip=out)
+    found = collect(run_dir, skip=out) if found is None else found
     page: list[Block] = [("h1", f"longreach report: {run_dir}")]
-    if not any(found[k] for k in ("niah", "ppl", "scores")):
-        page.append(("p", "No results found (results.json of eval niah / eval ppl, or eval score outputs)."))
+    if not any(found[k] for k in ("niah", "ppl", "scores", "train", "probe")):
+        page.append(("p", "No results found (results.json of eval niah / eval ppl, eval score outputs, "
+                          + "or training metrics.jsonl)."))
     if found["niah"]:
         page.append(("h2", "Needle in a haystack"))
         for rel, r in found["niah"]:
@@ -100,7 +139,8 @@ def blocks(run_dir: Path, out: Path) -> list[Block]:
                      ("p", f"mode {r.get('mode', '?')}, chat {r.get('chat', '?')}, mean score {_fmt(r['mean'])}"),
                      ("img", png, f"NIAH heatmap of {rel}"),
                      ("table", ["depth % \\ length"] + [short_tokens(n) for n in lengths],
-                      [[f"{d:g}"] + [_fmt(score.get((n, d))) for n in lengths] for d in depths])]
+                      [[f"{d:g}"] + [_fmt(score.get((n, d))) for n in lengths] for d in depths]
+                      + [["mean"] + [_fmt(v) for v in per_length(r).values()]])]
     if found["ppl"]:
         page.append(("h2", "Perplexity by position"))
         for rel, r in found["ppl"]:
@@ -129,6 +169,25 @@ def blocks(run_dir: Path, out: Path) -> list[Block]:
                 suite_rows.append([name, mean] + [_fmt(x) for x in paper])
         if suite_rows:
             page += [("h3", "Suite averages"), ("table", ["suite", "this run"] + PAPER_MODELS, suite_rows)]
+    if found["probe"]:
+        page.append(("h2", "Attention on the needle (eval attention)"))
+        cols = ["needle", "sink", "recent", "margin", "best_needle"]
+        for rel, r in found["probe"]:
+            png = f"probe_{_slug(rel)}.png"
+            probe_lines(r, out / png)
+            page += [("h3", f"{rel}: {r.get('model', '')}"),
+                     ("p", f"retrieval heads (layer, head): {', '.join(map(str, map(tuple, r['retrieval_heads'])))}"),
+                     ("img", png, f"attention probe of {rel}"),
+                     ("table", ["length", "depth"] + cols,
+                      [[short_tokens(x["length"]), f"{x['depth']:g}"] + [_fmt(x[c]) for c in cols]
+                       for x in r["summary"]])]
+    if found["train"]:
+        page.append(("h2", "Training runs"))
+        cols = ["steps", "final_loss", "mean_loss_last_10", "step_time_s_median", "tokens_per_s_median",
+                "peak_mem_gib"]
+        page.append(("table", ["metrics file"] + cols,
+                     [[rel] + [_fmt(round(t[c]) if c == "tokens_per_s_median" and c in t else t.get(c))
+                               for c in cols] for rel, t in found["train"]]))
     if found["skipped"]:
         page.append(("p", "Unreadable files skipped: " + ", ".join(rel for rel, _ in found["skipped"])))
     return page
@@ -170,13 +229,33 @@ def to_html(page: list[Block]) -> str:
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def build(run_dir: str | Path, out: str | Path) -> Path:
-    """Write out/report.md, out/report.html and the figures; returns the markdown path."""
+def summary(found: dict[str, list[tuple[str, Any]]], meta: dict[str, str] | None = None) -> dict[str, Any]:
+    """The numbers of the page as one JSON object: NIAH means per length and the cells, perplexity overall and
+    per position bucket, training summaries, benchmark scores."""
+    niah = [{"file": rel, "model": r.get("model"), "mode": r.get("mode"), "mean": r["mean"],
+             "per_length": {str(n): v for n, v in per_length(r).items()}, "seconds": r.get("seconds"),
+             "cells": [[c["length"], c["depth"], c["score"]] for c in r["cells"]]}
+            for rel, r in found["niah"]]
+    ppl = [{"file": rel, "length": r.get("length"),
+            "models": [{"model": m["model"], "path": m.get("path"), "ppl": m["ppl"],
+                        "buckets": [[b["start"], b["end"], b["ppl"]] for b in m["curve"]]} for m in r["models"]]}
+           for rel, r in found["ppl"]]
+    return {"meta": dict(meta or {}), "niah": niah, "ppl": ppl,
+            "train": [{"file": rel, **t} for rel, t in found["train"]],
+            "probe": [{"file": rel, "model": r.get("model"), "retrieval_heads": r["retrieval_heads"],
+                       "summary": r["summary"]} for rel, r in found["probe"]],
+            "scores": [{"file": rel, **s} for rel, s in found["scores"]]}
+
+
+def build(run_dir: str | Path, out: str | Path, meta: dict[str, str] | None = None) -> Path:
+    """Write out/report.md, out/report.html, out/summary.json and the figures; returns the markdown path."""
     run_dir, out = Path(run_dir), Path(out)
     if not run_dir.is_dir():
         raise InputError("run folder not found", path=str(run_dir))
     out.mkdir(parents=True, exist_ok=True)
-    page = blocks(run_dir, out)
+    found = collect(run_dir, skip=out)
+    (out / "summary.json").write_text(json.dumps(summary(found, meta), indent=1) + "\n")
+    page = blocks(run_dir, out, found)
     (out / "report.md").write_text(to_markdown(page))
     (out / "report.html").write_text(to_html(page))
     return out / "report.md"

@@ -20,7 +20,9 @@
 #        the variant's extend flags) -> train128 -> per recipe: long-context SFT at 128K, one sequence per step,
 #        stopped early (the STOP file: the step in progress is saved) after step SFT_STOP (0: never) or
 #        SFT_DEADLINE_S seconds after the chain started (0: never) -> NIAH 1K-128K of its last checkpoint ->
-#        perplexity: short essays (retention) and by position over 128K.
+#        perplexity: short essays (retention) and by position over 128K, and again with at most PPL_CONTEXT
+#        tokens of context (the control) -> the attention probe (PROBE_LENGTHS) -> log-prob NIAH (LOGPROB_LENGTHS)
+#        -> NIAH at sharper attention (ATTN_FACTORS).
 #   Beside the SFT: NIAH of the 128K continued-pretraining model (EVAL_CPT=1) and the perplexity of the original
 #   and the continued-pretraining models.
 # CPT128_SET: more `--set` for the 128K continued pretraining (e.g. "--set max_steps=90", session 6).
@@ -40,7 +42,9 @@
 # Session 6 (2 x H100): NGPU=2 SFT_RECIPES=configs/smollm2-135m-128k-sft-replay.yaml:72 SFT_DEADLINE_S=1380
 # CPT128_VARIANTS="plain;folders:--join-files folder" CPT128_SET="--set max_steps=90": 128K stages start 3.2 min
 # after the chain, 90 steps take 9.3 min (5.95 s each), the 72 SFT steps 7.9 min (6.0 s median), the evaluations
-# 2.4 min: `.done` 22.9 minutes after the start.
+# 2.4 min: `.done` 22.9 minutes after the start. Session 7 (2 x H100), the same with CPT128_VARIANTS="t1;t12::
+# --attention-factor 1.2" ATTN_FACTORS="1.1 1.2" ATTN_LENGTHS=64000,128000: `.done` 26.8 minutes after the start
+# (each factor's NIAH at 2 lengths ~65 s).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 P=scripts/gpu/smollm2_pipeline.sh
@@ -62,6 +66,13 @@ IFS=';' read -ra VARIANTS <<< "${CPT128_VARIANTS:-}"
 [ ${#VARIANTS[@]} -gt 0 ] || VARIANTS=("")  # one 128K run, named as before
 PY=${PY:-python3}
 PPL_SHORT=${PPL_SHORT:-4096} PPL_LONG=${PPL_LONG:-131072}
+PROBE_LENGTHS=${PROBE_LENGTHS-16000,64000,96000,128000}  # `eval attention` of each final SFT model at these
+# lengths (depths PROBE_DEPTHS): the retrieval heads' share of attention on the needle ("" skips it; < 1 min)
+PROBE_DEPTHS=${PROBE_DEPTHS:-0,50,90}
+LOGPROB_LENGTHS=${LOGPROB_LENGTHS:-}  # e.g. "32000,64000,96000,128000": NIAH scored by log-probability too
+# (the answer against 5 distractors, each also a needle in the context), for each final SFT model
+PPL_CONTEXT=${PPL_CONTEXT-4096}  # the by-position curves again with at most this many tokens of context per token
+# (the same model on the same text: where the long curve rises above it, the long context hurts; "" skips it)
 ATTN_FACTORS=${ATTN_FACTORS:-}  # e.g. "1.1 1.2": after each SFT's evaluations, NIAH at these attention factors
 # (each at ATTN_LENGTHS, by default all of LENGTHS128: ~2 min on an H100; plan the SFT deadline for them)
 # A CPU smoke run at toy sizes (docs/LOG.md): SMOKE=1 SEQ32=1024 SEQ128=2048 STAGE=... WORK=... PY=python
@@ -134,7 +145,16 @@ sft_run() {  # CONFIG STEPS GPU SUFFIX: one 128K SFT (started once its data exis
   niah_gen "$m" "$T-$n" 16
   ppl "ppl128-short-$T-$n" "$PPL_SHORT" 8 "" --model "$m"
   ppl "ppl128-long-$T-$n" "$PPL_LONG" 1 16 --model "$m"
+  [ -z "$PPL_CONTEXT" ] \
+    || ppl "ppl128-long-ctx$PPL_CONTEXT-$T-$n" "$PPL_LONG" 1 16 --model "$m" --context "$PPL_CONTEXT"
+  [ -z "$PROBE_LENGTHS" ] || LR eval attention --model "$m" --lengths "$PROBE_LENGTHS" --depths "$PROBE_DEPTHS" \
+    --out "$W/eval/$T-$n-attention" > "$W/eval/$T-$n-attention.log" 2>&1 \
+    || echo "attention probe of $T failed" >> "$O/gpu.txt"
+  [ -z "$LOGPROB_LENGTHS" ] || LR eval niah --model "$m" --out "$W/eval/$T-$n-logprob" --mode logprob \
+    --lengths "$LOGPROB_LENGTHS" --depths $DEPTHS --batch-size 16 > "$W/eval/$T-$n-logprob.log" 2>&1 \
+    || echo "logprob niah of $T failed" >> "$O/gpu.txt"
   cp "$W/$T.log" "$W/eval/" 2>/dev/null
+  cp "$W/$T/sft3/metrics.jsonl" "$W/eval/$T-sft3-metrics.jsonl" 2>/dev/null
   local f a base win
   read -r base win < <($PY -c "import json, sys; c = json.load(open(sys.argv[1] + '/config.json'))
 print(c['rope_theta'], c['max_position_embeddings'])" "$m")
@@ -210,7 +230,9 @@ variant() {  # INDEX VARIANT: its 128K continued pretraining, then every SFT rec
     [ "$EVAL_CPT" = 1 ] && NIAH_BATCH=4 OUT=$O/eval$x bash $P eval128 > "$O/eval$x.txt" 2>&1
     c=$(latest "$CPT128")
     ppl ppl128-short-base$x "$PPL_SHORT" 8 "" --model "$GGUF" ${c:+--model $c}
-    [ -z "$c" ] || ppl ppl128-long-cpt128$x "$PPL_LONG" 1 16 --model "$c" ) &
+    [ -z "$c" ] || ppl ppl128-long-cpt128$x "$PPL_LONG" 1 16 --model "$c"
+    [ -z "$c" ] || [ -z "$PPL_CONTEXT" ] \
+      || ppl ppl128-long-ctx$PPL_CONTEXT-cpt128$x "$PPL_LONG" 1 16 --model "$c" --context "$PPL_CONTEXT" ) &
   wait
   cp "$W/$TRAIN128_NAME.log" "$W/eval/" 2>/dev/null
   cp "$CPT128/metrics.jsonl" "$W/eval/cpt128$x-metrics.jsonl" 2>/dev/null

@@ -18,6 +18,10 @@ def test_probe_matches_eager_attention_weights(tmp_path):
     backend = LocalHF(tiny_model(3), tiny_tokenizer(), device="cpu")
     cfg = probe.ProbeConfig(lengths=[160, 320], depths=[0.0, 100.0], recent=64, top=3, out=str(tmp_path / "a"))
     res = probe.run(cfg, backend=backend)
+    assert backend.model.config._attn_implementation == "sdpa"  # the model's own attention again afterwards
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    assert probe.PROBE_NAME in ALL_MASK_ATTENTION_FUNCTIONS  # padding and sliding-window masks still apply
     assert json.loads((tmp_path / "a" / "results.json").read_text()) == res
     assert (tmp_path / "a" / "probe.png").read_bytes()[:4] == b"\x89PNG"
     assert [(c["length"], c["depth"]) for c in res["cells"]] == [(160, 0.0), (160, 100.0), (320, 0.0), (320, 100.0)]
@@ -59,8 +63,17 @@ def test_probe_matches_eager_attention_weights(tmp_path):
 
 
 def test_probe_bad_input(tmp_path):
+    tok = tiny_tokenizer()
     with pytest.raises(InputError, match="needle"):
-        probe.spans(tiny_tokenizer(), "no needle here", "The best thing", "What?")
+        probe.spans(tok, "no needle here", "The best thing", "What?")
+    with pytest.raises(InputError, match="more than once"):
+        probe.spans(tok, "Eat. Eat. What?", "Eat.", "What?")
+    for question in ("", "Where?"):  # no question rows: the probe would read the haystack's attention instead
+        with pytest.raises(InputError, match="question"):
+            probe.spans(tok, "text. The needle. more text. What?", "The needle.", question)
+    ids, needle, queries = probe.spans(tok, "text. The needle. more text. What? ", "The needle. ", "What? ")
+    assert tok.decode(ids[needle[0]:needle[1]]).strip() == "The needle." and queries[1] == len(ids)
+    assert tok.decode(ids[queries[0]:]).strip() == "What?"
     with pytest.raises(InputError, match="lengths"):
         probe.run(probe.ProbeConfig(lengths=[], out=str(tmp_path)), backend=object())
     from longreach.cli import app

@@ -77,7 +77,8 @@ ATTN_FACTORS=${ATTN_FACTORS:-}  # e.g. "1.1 1.2": after each SFT's evaluations, 
 # (each at ATTN_LENGTHS, by default all of LENGTHS128: ~2 min on an H100; plan the SFT deadline for them)
 # A CPU smoke run at toy sizes (docs/LOG.md): SMOKE=1 SEQ32=1024 SEQ128=2048 STAGE=... WORK=... PY=python
 # ORIG_MODEL=SRC_MODEL=<gguf> LENGTHS128=400,600 MB_DEPTHS=0,100 SFT_RECIPES="configs/smollm2-128k-sft-smoke.yaml:6"
-# NGPU=2 SFT_SAVE=1 SFT_HALF=2 SFT_STOP=3 PPL_SHORT=256 PPL_LONG=1024 MB_OUT=... bash scripts/gpu/milestone_b.sh
+# NGPU=2 SFT_SAVE=1 SFT_HALF=2 SFT_STOP=3 PPL_SHORT=256 PPL_LONG=1024 PPL_CONTEXT=256 PROBE_LENGTHS=400,600
+# PROBE_DEPTHS=0,100 MB_OUT=... bash scripts/gpu/milestone_b.sh
 export WORK=$W PYTHONPATH="$PWD/src:/tmp/site" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$O" "$W/eval"
 t_start=$(date +%s)

@@ -77,7 +77,8 @@ def ppl_curves(results: dict[str, Any], path: str | Path) -> None:
     if max(values) > 10 * min(values):
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.set_title(f"Perplexity by position, sequences of {short_tokens(results['length'])} tokens", fontsize=10)
+    ctx = f", {short_tokens(results['context'])} context" if results.get("context") else ""
+    ax.set_title(f"Perplexity by position, sequences of {short_tokens(results['length'])} tokens{ctx}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -82,6 +82,8 @@ def windowed_logprobs(backend: Any, ids: list[int], context: int, bos: list[int]
 
     if context < 2 + len(bos):
         raise InputError(f"must be at least {2 + len(bos)}, got {context}", field="context")
+    if bos and ids[:len(bos)] != bos:
+        raise InputError("the sequence must start with the BOS it is scored with", field="context")
     out = torch.zeros(len(ids) - 1)
     done = 1  # targets 1..done-1 are scored
     while done < len(ids):

@@ -10,7 +10,9 @@ lengths still put their attention on it at long ones (so the failure is after at
 the many keys (dilution: the needle's share falls while its margin holds), or rank other keys above it (the
 margin turns negative: positions or content win). The prompt is NIAH's own (same haystack, needle, template,
 exact token length). Retrieval heads are the `top` heads with the most needle attention at the shortest length,
-averaged over depths; the summary follows them across lengths.
+averaged over depths; the summary follows them across lengths. The shares overlap where the regions do (a needle
+within `recent` of the question counts in both; so does the sink in a short prompt), and the best other key in
+the margin is often the sink.
 
 The probe runs the model's normal prefill with an attention function that computes SDPA as usual and, on the
 side, the question rows' softmax over all keys in float32 ([heads x question tokens x length] per layer, a few
@@ -98,18 +100,26 @@ def probe_attention_forward(module: Any, query: Any, key: Any, value: Any, atten
 
 
 def register() -> None:
-    """Make "longreach_probe" a valid config._attn_implementation."""
+    """Make "longreach_probe" a valid config._attn_implementation, with SDPA's masks (padding, sliding windows)."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(PROBE_NAME, probe_attention_forward)
+    AttentionMaskInterface.register(PROBE_NAME, sdpa_mask)
 
 
 def spans(tokenizer: Any, text: str, needle: str, question: str) -> tuple[list[int], tuple[int, int],
                                                                            tuple[int, int]]:
     """The prompt's token ids, the needle's token span and the question's (from its first token to the end)."""
+    needle, question = needle.strip(), question.strip()
     at, q_at = text.find(needle), text.rfind(question) if question else -1
     if at < 0:
         raise InputError("the needle is not in the prompt", field="needle")
+    if text.count(needle) > 1:
+        raise InputError("the needle occurs more than once in the prompt (the haystack holds it too)",
+                         field="needle")
+    if q_at <= at:  # the probe reads the attention of the question's rows: without them it measures nothing
+        raise InputError("the question is empty or not found after the needle", field="question")
     ids = encode(tokenizer, text)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     offsets = enc["offset_mapping"]
@@ -119,8 +129,7 @@ def spans(tokenizer: Any, text: str, needle: str, question: str) -> tuple[list[i
         return extra + next(i for i, (_, end) in enumerate(offsets) if end > char)
 
     needle_span = (first_token(at), first_token(at + len(needle) - 1) + 1)
-    q_start = first_token(q_at) if q_at > at else needle_span[1]
-    return ids, needle_span, (q_start, len(ids))
+    return ids, needle_span, (first_token(q_at), len(ids))
 
 
 def probe_prompt(backend: LocalHF, ids: list[int], needle: tuple[int, int], queries: tuple[int, int],
@@ -162,22 +171,26 @@ def run(cfg: ProbeConfig, backend: LocalHF | None = None) -> dict[str, Any]:
         raise InputError("need lengths, depths, top >= 1 and recent >= 1", field="lengths")
     register()
     backend = backend or LocalHF(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    before = backend.model.config._attn_implementation
     backend.model.config._attn_implementation = PROBE_NAME
     chat = cfg.chat if cfg.chat is not None else bool(getattr(backend.tokenizer, "chat_template", None))
     hay = Haystack(backend, read_haystack(cfg.haystack), max(cfg.lengths), chat)
     cells = []
-    for length in sorted(cfg.lengths):
-        for depth in cfg.depths:
-            prompt = hay.build(length, float(depth), cfg.needle, cfg.question, None)
-            ids, needle, queries = spans(backend.tokenizer, render(backend.tokenizer, prompt), cfg.needle,
-                                         cfg.question)
-            layers = probe_prompt(backend, ids, needle, queries, cfg.recent)
-            grid = {s: torch.stack([layers[i][s] for i in sorted(layers)]).tolist()
-                    for s in ("needle", "sink", "recent", "margin")}
-            cells.append({"length": length, "depth": float(depth), "tokens": len(ids), "needle_span": list(needle),
-                          "question_span": list(queries), **grid})
-            best = max(max(row) for row in grid["needle"])
-            print(f"L{length} D{depth:g}: best head's needle share {best:.3f}", file=sys.stderr)
+    try:
+        for length in sorted(cfg.lengths):
+            for depth in cfg.depths:
+                prompt = hay.build(length, float(depth), cfg.needle, cfg.question, None)
+                ids, needle, queries = spans(backend.tokenizer, render(backend.tokenizer, prompt), cfg.needle,
+                                             cfg.question)
+                layers = probe_prompt(backend, ids, needle, queries, cfg.recent)
+                grid = {s: torch.stack([layers[i][s] for i in sorted(layers)]).tolist()
+                        for s in ("needle", "sink", "recent", "margin")}
+                cells.append({"length": length, "depth": float(depth), "tokens": len(ids),
+                              "needle_span": list(needle), "question_span": list(queries), **grid})
+                best = max(max(row) for row in grid["needle"])
+                print(f"L{length} D{depth:g}: best head's needle share {best:.3f}", file=sys.stderr)
+    finally:
+        backend.model.config._attn_implementation = before
     heads = retrieval_heads(cells, min(cfg.lengths), cfg.top)
     summary = []
     for c in cells:

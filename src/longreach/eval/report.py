@@ -57,7 +57,8 @@ def _is_train_log(items: list[Any]) -> bool:
 
 def train_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     """A training log in a few numbers: the last step and its loss, the mean loss of the last 10 logged steps,
-    median step time and tokens/s (leaving out step 1's warm-up when later steps exist), peak GPU memory."""
+    median step time and tokens/s (leaving out step 1's warm-up when later steps exist; a resumed run's first step
+    after the resume still counts), peak GPU memory."""
     timed = [r for r in records if r["step"] > 1] or records
     out = {"steps": records[-1]["step"], "final_loss": float(records[-1]["loss"]),
            "mean_loss_last_10": statistics.fmean(float(r["loss"]) for r in records[-10:]),
@@ -147,7 +148,8 @@ def blocks(run_dir: Path, out: Path, found: dict[str, list[tuple[str, Any]]] | N
             png = f"ppl_{_slug(rel)}.png"
             ppl_curves(r, out / png)
             edges = [f"{short_tokens(b['start'])}-{short_tokens(b['end'])}" for b in r["models"][0]["curve"]]
-            page += [("h3", f"{rel}: sequences of {r['length']} tokens"), ("img", png, f"perplexity of {rel}"),
+            ctx = f", at most {r['context']} tokens of context each" if r.get("context") else ""
+            page += [("h3", f"{rel}: sequences of {r['length']} tokens{ctx}"), ("img", png, f"perplexity of {rel}"),
                      ("table", ["model", "overall"] + edges,
                       [[m["model"], _fmt(float(m["ppl"]))] + [_fmt(float(b["ppl"])) for b in m["curve"]]
                        for m in r["models"]])]
@@ -236,7 +238,7 @@ def summary(found: dict[str, list[tuple[str, Any]]], meta: dict[str, str] | None
              "per_length": {str(n): v for n, v in per_length(r).items()}, "seconds": r.get("seconds"),
              "cells": [[c["length"], c["depth"], c["score"]] for c in r["cells"]]}
             for rel, r in found["niah"]]
-    ppl = [{"file": rel, "length": r.get("length"),
+    ppl = [{"file": rel, "length": r.get("length"), "context": r.get("context"),
             "models": [{"model": m["model"], "path": m.get("path"), "ppl": m["ppl"],
                         "buckets": [[b["start"], b["end"], b["ppl"]] for b in m["curve"]]} for m in r["models"]]}
            for rel, r in found["ppl"]]

@@ -23,8 +23,8 @@
 #        perplexity: short essays (retention) and by position over 128K, and again with at most PPL_CONTEXT
 #        tokens of context (the control) -> the attention probe (PROBE_LENGTHS) -> log-prob NIAH (LOGPROB_LENGTHS)
 #        -> NIAH at sharper attention (ATTN_FACTORS).
-#   Beside the SFT: NIAH of the 128K continued-pretraining model (EVAL_CPT=1) and the perplexity of the original
-#   and the continued-pretraining models.
+#   Beside the SFT: NIAH of the 128K continued-pretraining model (EVAL_CPT=1), the perplexity of the original
+#   and the continued-pretraining models, and the latter's attention probe.
 # CPT128_SET: more `--set` for the 128K continued pretraining (e.g. "--set max_steps=90", session 6).
 # ATTN_FACTORS="1.1 1.2": each final SFT model is also evaluated (NIAH) with sharper attention, by `longreach
 # extend --attention-factor F` on it (a config change: RoPE's cos/sin x F, attention logits x F^2; no training).
@@ -66,7 +66,7 @@ IFS=';' read -ra VARIANTS <<< "${CPT128_VARIANTS:-}"
 [ ${#VARIANTS[@]} -gt 0 ] || VARIANTS=("")  # one 128K run, named as before
 PY=${PY:-python3}
 PPL_SHORT=${PPL_SHORT:-4096} PPL_LONG=${PPL_LONG:-131072}
-PROBE_LENGTHS=${PROBE_LENGTHS-16000,64000,96000,128000}  # `eval attention` of each final SFT model at these
+PROBE_LENGTHS=${PROBE_LENGTHS-16000,64000,96000,128000}  # `eval attention` of each 128K and SFT model at these
 # lengths (depths PROBE_DEPTHS): the retrieval heads' share of attention on the needle ("" skips it; < 1 min)
 PROBE_DEPTHS=${PROBE_DEPTHS:-0,50,90}
 LOGPROB_LENGTHS=${LOGPROB_LENGTHS:-}  # e.g. "32000,64000,96000,128000": NIAH scored by log-probability too
@@ -233,7 +233,10 @@ variant() {  # INDEX VARIANT: its 128K continued pretraining, then every SFT rec
     ppl ppl128-short-base$x "$PPL_SHORT" 8 "" --model "$GGUF" ${c:+--model $c}
     [ -z "$c" ] || ppl ppl128-long-cpt128$x "$PPL_LONG" 1 16 --model "$c"
     [ -z "$c" ] || [ -z "$PPL_CONTEXT" ] \
-      || ppl ppl128-long-ctx$PPL_CONTEXT-cpt128$x "$PPL_LONG" 1 16 --model "$c" --context "$PPL_CONTEXT" ) &
+      || ppl ppl128-long-ctx$PPL_CONTEXT-cpt128$x "$PPL_LONG" 1 16 --model "$c" --context "$PPL_CONTEXT"
+    [ -z "$c" ] || [ -z "$PROBE_LENGTHS" ] || LR eval attention --model "$c" --lengths "$PROBE_LENGTHS" \
+      --depths "$PROBE_DEPTHS" --out "$W/eval/cpt128$x-attention" > "$W/eval/cpt128$x-attention.log" 2>&1 \
+      || echo "attention probe of cpt128$x failed" >> "$O/gpu.txt" ) &
   wait
   cp "$W/$TRAIN128_NAME.log" "$W/eval/" 2>/dev/null
   cp "$CPT128/metrics.jsonl" "$W/eval/cpt128$x-metrics.jsonl" 2>/dev/null

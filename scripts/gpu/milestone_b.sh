@@ -92,6 +92,15 @@ ppl() {  # NAME LENGTH SEQUENCES [BUCKETS] --model M...: perplexity of the essay
   LR eval ppl "$@" --text "$essays" --length "$len" --sequences "$n" ${b:+--buckets $b} \
     --out "$W/eval/$name" > "$W/eval/$name.log" 2>&1 || echo "ppl $name failed" >> "$O/gpu.txt"
 }
+long_curves() {  # NAME MODEL: perplexity by position over PPL_LONG, and its PPL_CONTEXT control ("" skips it)
+  ppl "ppl128-long-$1" "$PPL_LONG" 1 16 --model "$2"
+  [ -z "$PPL_CONTEXT" ] || ppl "ppl128-long-ctx$PPL_CONTEXT-$1" "$PPL_LONG" 1 16 --model "$2" --context "$PPL_CONTEXT"
+}
+probe() {  # NAME MODEL: the attention probe at PROBE_LENGTHS x PROBE_DEPTHS into eval/NAME-attention ("" skips it)
+  [ -z "$PROBE_LENGTHS" ] || LR eval attention --model "$2" --lengths "$PROBE_LENGTHS" --depths "$PROBE_DEPTHS" \
+    --out "$W/eval/$1-attention" > "$W/eval/$1-attention.log" 2>&1 \
+    || echo "attention probe of $1 failed" >> "$O/gpu.txt"
+}
 name_of() {  # CONFIG: the run's name (the session-4 run keeps its measured name)
   local t=${1##*/}; t=${t%.yaml}
   [ "$t" = smollm2-135m-128k-sft ] && t=sft128
@@ -145,12 +154,8 @@ sft_run() {  # CONFIG STEPS GPU SUFFIX: one 128K SFT (started once its data exis
   echo "$T: NIAH and perplexity of step $n" >> "$O/gpu.txt"
   niah_gen "$m" "$T-$n" 16
   ppl "ppl128-short-$T-$n" "$PPL_SHORT" 8 "" --model "$m"
-  ppl "ppl128-long-$T-$n" "$PPL_LONG" 1 16 --model "$m"
-  [ -z "$PPL_CONTEXT" ] \
-    || ppl "ppl128-long-ctx$PPL_CONTEXT-$T-$n" "$PPL_LONG" 1 16 --model "$m" --context "$PPL_CONTEXT"
-  [ -z "$PROBE_LENGTHS" ] || LR eval attention --model "$m" --lengths "$PROBE_LENGTHS" --depths "$PROBE_DEPTHS" \
-    --out "$W/eval/$T-$n-attention" > "$W/eval/$T-$n-attention.log" 2>&1 \
-    || echo "attention probe of $T failed" >> "$O/gpu.txt"
+  long_curves "$T-$n" "$m"
+  probe "$T-$n" "$m"
   [ -z "$LOGPROB_LENGTHS" ] || LR eval niah --model "$m" --out "$W/eval/$T-$n-logprob" --mode logprob \
     --lengths "$LOGPROB_LENGTHS" --depths $DEPTHS --batch-size 16 > "$W/eval/$T-$n-logprob.log" 2>&1 \
     || echo "logprob niah of $T failed" >> "$O/gpu.txt"
@@ -231,12 +236,7 @@ variant() {  # INDEX VARIANT: its 128K continued pretraining, then every SFT rec
     [ "$EVAL_CPT" = 1 ] && NIAH_BATCH=4 OUT=$O/eval$x bash $P eval128 > "$O/eval$x.txt" 2>&1
     c=$(latest "$CPT128")
     ppl ppl128-short-base$x "$PPL_SHORT" 8 "" --model "$GGUF" ${c:+--model $c}
-    [ -z "$c" ] || ppl ppl128-long-cpt128$x "$PPL_LONG" 1 16 --model "$c"
-    [ -z "$c" ] || [ -z "$PPL_CONTEXT" ] \
-      || ppl ppl128-long-ctx$PPL_CONTEXT-cpt128$x "$PPL_LONG" 1 16 --model "$c" --context "$PPL_CONTEXT"
-    [ -z "$c" ] || [ -z "$PROBE_LENGTHS" ] || LR eval attention --model "$c" --lengths "$PROBE_LENGTHS" \
-      --depths "$PROBE_DEPTHS" --out "$W/eval/cpt128$x-attention" > "$W/eval/cpt128$x-attention.log" 2>&1 \
-      || echo "attention probe of cpt128$x failed" >> "$O/gpu.txt" ) &
+    [ -z "$c" ] || { long_curves "cpt128$x" "$c"; probe "cpt128$x" "$c"; } ) &
   wait
   cp "$W/$TRAIN128_NAME.log" "$W/eval/" 2>/dev/null
   cp "$CPT128/metrics.jsonl" "$W/eval/cpt128$x-metrics.jsonl" 2>/dev/null

@@ -486,10 +486,9 @@ def _load_config(path: Path) -> dict[str, Any]:
 
 def niah_summary(res: dict[str, Any], window: int) -> dict[str, Any]:
     """Mean score per length, inside the base window (<= L) and beyond it (L, target]."""
-    by_len: dict[int, list[float]] = {}
-    for c in res["cells"]:
-        by_len.setdefault(c["length"], []).append(c["score"])
-    per = {n: sum(v) / len(v) for n, v in sorted(by_len.items())}
+    from longreach.eval.niah import per_length
+
+    per = per_length(res)
     inside = [s for n, s in per.items() if n <= window]
     beyond = [s for n, s in per.items() if n > window]
     return {"per_length": per, "inside": sum(inside) / len(inside) if inside else None,

@@ -123,6 +123,14 @@ def answer_score(prediction: str, answer: str) -> float:
     return sum(any(g.startswith(k) for g in got) for k in keys) / len(keys)
 
 
+def per_length(result: dict[str, Any]) -> dict[int, float]:
+    """A NIAH result's mean score at each context length (its cells averaged over depths and trials)."""
+    by: dict[int, list[float]] = {}
+    for c in result["cells"]:
+        by.setdefault(c["length"], []).append(float(c["score"]))
+    return {n: sum(v) / len(v) for n, v in sorted(by.items())}
+
+
 def choice_score(logprobs: list[float]) -> dict[str, float]:
     """Answer first, distractors after: 1 if the answer has the highest log-prob, and its softmax share."""
     top = max(logprobs)

@@ -92,6 +92,7 @@ def probe_lines(results: dict[str, Any], path: str | Path) -> None:
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10.0, 3.8))
     depths = sorted({s["depth"] for s in results["summary"]})
+    lengths = sorted({s["length"] for s in results["summary"]})
     for d in depths:
         rows = sorted((s for s in results["summary"] if s["depth"] == d), key=lambda s: s["length"])
         xs = [s["length"] for s in rows]
@@ -99,8 +100,7 @@ def probe_lines(results: dict[str, Any], path: str | Path) -> None:
         right.plot(xs, [s["margin"] for s in rows], marker="o", label=f"depth {d:g}%")
     for ax, label in ((left, "share of attention on the needle"), (right, "needle logit - best other key")):
         ax.set_xscale("log")
-        ax.set_xticks(sorted({s["length"] for s in results["summary"]}),
-                      [short_tokens(n) for n in sorted({s["length"] for s in results["summary"]})])
+        ax.set_xticks(lengths, [short_tokens(n) for n in lengths])
         ax.minorticks_off()
         ax.set_xlabel("Context length (tokens)")
         ax.set_ylabel(label)

@@ -33,6 +33,7 @@ from longreach.eval.niah import DEFAULT_NEEDLE, DEFAULT_QUESTION, Haystack, read
 
 PROBE_NAME = "longreach_probe"
 SINK = 4  # keys counted as the attention sink: the first few positions
+STATS = ("needle", "sink", "recent", "margin")  # per layer and head, in each cell
 
 
 @dataclass
@@ -74,15 +75,13 @@ class _Recorder:
         rows = torch.arange(qa, qb, device=q.device)[:, None]
         logits = logits.masked_fill(torch.arange(k.shape[1], device=q.device)[None, :] > rows, float("-inf"))
         probs = logits.softmax(-1)
-        other = logits.clone()
-        other[..., na:nb] = float("-inf")
         ra, rb = self.recent
-        self.layers[layer] = {
-            "needle": probs[..., na:nb].sum(-1).mean(-1).cpu(),
-            "sink": probs[..., :SINK].sum(-1).mean(-1).cpu(),
-            "recent": probs[..., ra:rb].sum(-1).mean(-1).cpu(),
-            "margin": (logits[..., na:nb].amax(-1) - other.amax(-1)).mean(-1).cpu(),
-        }
+        stats = {"needle": probs[..., na:nb].sum(-1), "sink": probs[..., :SINK].sum(-1),
+                 "recent": probs[..., ra:rb].sum(-1)}
+        best_needle = logits[..., na:nb].amax(-1)
+        logits[..., na:nb] = float("-inf")  # what is left: every other key (no copy of the [H, m, L] logits)
+        stats["margin"] = best_needle - logits.amax(-1)
+        self.layers[layer] = {name: stats[name].mean(-1).cpu() for name in STATS}
 
 
 RECORDER = _Recorder()
@@ -183,8 +182,7 @@ def run(cfg: ProbeConfig, backend: LocalHF | None = None) -> dict[str, Any]:
                 ids, needle, queries = spans(backend.tokenizer, render(backend.tokenizer, prompt), cfg.needle,
                                              cfg.question)
                 layers = probe_prompt(backend, ids, needle, queries, cfg.recent)
-                grid = {s: torch.stack([layers[i][s] for i in sorted(layers)]).tolist()
-                        for s in ("needle", "sink", "recent", "margin")}
+                grid = {s: torch.stack([layers[i][s] for i in sorted(layers)]).tolist() for s in STATS}
                 cells.append({"length": length, "depth": float(depth), "tokens": len(ids),
                               "needle_span": list(needle), "question_span": list(queries), **grid})
                 best = max(max(row) for row in grid["needle"])
@@ -195,8 +193,7 @@ def run(cfg: ProbeConfig, backend: LocalHF | None = None) -> dict[str, Any]:
     summary = []
     for c in cells:
         summary.append({"length": c["length"], "depth": c["depth"],
-                        **{s: sum(c[s][ly][h] for ly, h in heads) / len(heads)
-                           for s in ("needle", "sink", "recent", "margin")},
+                        **{s: sum(c[s][ly][h] for ly, h in heads) / len(heads) for s in STATS},
                         "best_needle": max(max(row) for row in c["needle"])})
     results = {"model": cfg.model, "chat": chat, "needle": cfg.needle, "question": cfg.question,
                "recent": cfg.recent, "sink": SINK, "retrieval_heads": [list(h) for h in heads],

@@ -6,11 +6,11 @@ Results are found by shape, wherever they sit under the run folder: NIAH results
 perplexity results.json ({"models": [{"curve"}]}), benchmark scores ({"benchmark", "task", "n", "score"},
 as `longreach eval score` prints them; a .json file may hold one such object or a list, a .jsonl one per
 line), training logs (a metrics.jsonl of `longreach train` / `sft`, under any name: every line has "step",
-"loss" and "step_time_s"), and attention probes (`eval attention`'s results.json). Benchmark rows sit beside the paper's numbers (RECIPE.md section 1), and suite
-averages are shown once every task of a suite is present. Figures are redrawn from the data, so a missing PNG
-does not matter. The same numbers go to summary.json (NIAH cells and means per length, perplexity per bucket,
-training summaries, scores), with `--meta KEY=VALUE` pairs (card, date, command) at its top: the file docs/data/
-keeps.
+"loss" and "step_time_s"), and attention probes (`eval attention`'s results.json). Benchmark rows sit beside the
+paper's numbers (RECIPE.md section 1), and suite averages are shown once every task of a suite is present.
+Figures are redrawn from the data, so a missing PNG does not matter. The same numbers go to summary.json (NIAH
+cells and means per length, perplexity per bucket, training summaries, probe summaries, scores), with `--meta
+KEY=VALUE` pairs (card, date, command) at its top: the file docs/data/ keeps.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from longreach.errors import InputError
+from longreach.eval.niah import per_length
 from longreach.eval.plots import niah_heatmap, ppl_curves, probe_lines, short_tokens
 
 # ChatQA 2 paper (Xu et al. 2024), per task, 0-100.
@@ -71,14 +72,6 @@ def train_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def per_length(result: dict[str, Any]) -> dict[int, float]:
-    """A NIAH result's mean score at each context length."""
-    by: dict[int, list[float]] = {}
-    for c in result["cells"]:
-        by.setdefault(c["length"], []).append(float(c["score"]))
-    return {n: sum(v) / len(v) for n, v in sorted(by.items())}
-
-
 def collect(run_dir: Path, skip: Path | None = None) -> dict[str, list[tuple[str, Any]]]:
     """(relative path, data) of each result under run_dir, by kind; unreadable files under "skipped"."""
     found: dict[str, list[tuple[str, Any]]] = {"niah": [], "ppl": [], "scores": [], "train": [], "probe": [],
@@ -126,8 +119,8 @@ def blocks(run_dir: Path, out: Path, found: dict[str, list[tuple[str, Any]]] | N
     found = collect(run_dir, skip=out) if found is None else found
     page: list[Block] = [("h1", f"longreach report: {run_dir}")]
     if not any(found[k] for k in ("niah", "ppl", "scores", "train", "probe")):
-        page.append(("p", "No results found (results.json of eval niah / eval ppl, eval score outputs, "
-                          + "or training metrics.jsonl)."))
+        page.append(("p", "No results found (results.json of eval niah / eval ppl / eval attention, eval score "
+                          + "outputs, or training metrics.jsonl)."))
     if found["niah"]:
         page.append(("h2", "Needle in a haystack"))
         for rel, r in found["niah"]:

@@ -149,6 +149,18 @@ def test_extend_cli_bad_scheme_is_one_line_error(tiny_dir, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+
+def test_python_dash_m_longreach_runs_the_cli(tiny_dir, tmp_path):
+    """`python -m longreach` is the `longreach` script (session 8 lost a GPU call to its absence)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "x"
+    proc = subprocess.run([sys.executable, "-m", "longreach", "extend", "--model", str(tiny_dir), "--out", str(out),
+                           "--target-len", "512", "--scheme", "yarn"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "config.json").read_text())["rope_parameters"]["rope_type"] == "yarn"
+
 # ------------------------------------------------------------------------------------------------------------
 # The SmolLM2-135M-Instruct GGUF (RECIPE section 5). De-quantizing takes ~1-2 min here the first time; later
 # loads read the cached safetensors (LONGREACH_CACHE), a few seconds.

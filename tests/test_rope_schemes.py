@@ -150,6 +150,19 @@ def test_theta_keeps_an_existing_scaling_and_other_schemes_refuse_to_compose():
         rope.apply_scheme(_config(), "alibi", 4096, verbose=False)
 
 
+def test_yarn_on_a_yarn_model_rescales_its_original_window():
+    """8K -> 32K by YaRN, then YaRN to 128K: the config YaRN x16 gives from the unscaled model (the YaRN paper's
+    s=16 -> s=32); the second step's own window (32K) is not mistaken for the original."""
+    twice, once = _config(window=512), _config(window=512)
+    rope.apply_scheme(twice, "yarn", 2048, verbose=False)
+    summary = rope.apply_scheme(twice, "yarn", 8192, verbose=False)
+    rope.apply_scheme(once, "yarn", 8192, verbose=False)
+    assert twice.rope_parameters == once.rope_parameters and twice.max_position_embeddings == 8192
+    assert summary["factor"] == 16 and summary["original_len"] == 512
+    assert twice.rope_parameters["attention_factor"] == pytest.approx(0.1 * math.log(16) + 1)
+    with pytest.raises(InputError, match="do not compose"):
+        rope.apply_scheme(twice, "pi", 16384, verbose=False)
+
 def test_attention_factor_sharpens_attention_without_changing_frequencies(tmp_path):
     from longreach.model.extend import extend_checkpoint
     from longreach.model.load import save_model

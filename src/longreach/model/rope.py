@@ -289,7 +289,9 @@ def apply_scheme(config, scheme: str, target_len: int, base: float | None = None
     theta:  new base (`base`, or `recommended_base(target_len, head_dim)`); an existing scaling (e.g. Llama 3.1's
             llama3 type) is kept. pi: linear interpolation by `factor`. ntk: static NTK-aware base
             b * s^(d/(d-2)), or with `dynamic` transformers' dynamic NTK (the base grows with the input length).
-            yarn: YaRN ramp (beta 32/1, attention 0.1 ln s + 1). llama3: Llama 3.1 scaling (low/high 1/4).
+            yarn: YaRN ramp (beta 32/1, attention 0.1 ln s + 1); on a YaRN model (factor > 1) a new scale of
+            its original window and base, the same config as YaRN from the unscaled model (other schemes do not
+            compose with an existing scaling). llama3: Llama 3.1 scaling (low/high 1/4).
     `factor` defaults to target_len / the model's current window. max_position_embeddings becomes target_len,
     except for dynamic NTK, whose growth starts at max_position_embeddings, so it keeps the original window.
     `attention_factor` (theta and yarn): the factor cos/sin are multiplied by, so attention logits scale by its
@@ -302,7 +304,10 @@ def apply_scheme(config, scheme: str, target_len: int, base: float | None = None
         raise InputError(f"target length must be positive, got {target_len}", field="target_len")
     old = rope_parameters(config)
     old_base, window, dim = float(old["rope_theta"]), int(config.max_position_embeddings), head_dim(config)
-    if scheme != "theta" and old["rope_type"] != "default":
+    rescale = scheme == "yarn" and old["rope_type"] == "yarn" and float(old.get("factor", 1.0)) > 1.0
+    if rescale:  # YaRN again (as the YaRN paper goes from s=16 to s=32): a new scale of the original window
+        window = int(old["original_max_position_embeddings"])
+    if scheme != "theta" and old["rope_type"] != "default" and not rescale:
         raise InputError(f"the model already uses RoPE scaling {old['rope_type']!r}; schemes do not compose. "
                          "Use --scheme theta (keeps it and changes the base) or start from an unscaled model",
                          field="scheme")

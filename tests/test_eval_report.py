@@ -24,6 +24,9 @@ def test_report_gathers_every_result(tmp_path):
                        {"start": 512, "end": 1024, "loss": 2.5 * k, "ppl": 12.18 * k}]
     (run / "ppl" / "results.json").write_text(json.dumps({"length": 1024, "buckets": 2, "models": [
         {"model": "base", "ppl": 9.5, "curve": curve(1)}, {"model": "extended", "ppl": 8.1, "curve": curve(0.9)}]}))
+    (run / "ppl-ctx").mkdir()  # the control of "extended" (eval ppl --context 256): its curve over it, per bucket
+    (run / "ppl-ctx" / "results.json").write_text(json.dumps({"length": 1024, "buckets": 2, "context": 256, "models": [
+        {"model": "extended", "ppl": 4.05, "curve": [{**b, "ppl": b["ppl"] / r} for b, r in zip(curve(0.9), (2, 4))]}]}))
     (run / "scores").mkdir()
     for task_name, score in [("en_qa", 12.5), ("en_sum", 10.0), ("en_mc", 40.0)]:
         (run / "scores" / f"{task_name}.json").write_text(json.dumps(
@@ -56,6 +59,8 @@ def test_report_gathers_every_result(tmp_path):
     assert "| 50 | 1.00 | 1.00 |" in md  # the depth-50 row: 2K and 4K
     assert "| mean | 0.67 | 0.50 |" in md  # per length
     assert "| base | 9.50 | 7.39 | 12.18 |" in md and "0-512" in md
+    assert "| ppl/results.json | extended | 256 | 2.00 | 2.00 | 4.00 |" in md and "base | 256" not in md
+    assert (out / "ppl_ratio_to_control.png").read_bytes()[:4] == b"\x89PNG"
     assert "| infinitebench | en_qa | 10 | 12.50 | 43.51 | 48.22 | 19.29 | 38.49 |" in md  # beside the paper
     assert "| InfiniteBench >100K (En.Sum, En.QA, En.MC, En.Dia) | 20.62 | 35.59 |" in md  # all 4 present
     assert "1/6 tasks" in md  # the 32K suite is incomplete: no average
@@ -71,6 +76,8 @@ def test_report_gathers_every_result(tmp_path):
     assert summary["ppl"][0]["context"] is None
     assert summary["ppl"][0]["models"][1] == {"model": "extended", "path": None, "ppl": 8.1,
                                               "buckets": [[0, 512, 7.39 * 0.9], [512, 1024, 12.18 * 0.9]]}
+    (ratio,) = summary["ppl_ratios"]
+    assert ratio["control"] == "ppl-ctx/results.json" and ratio["buckets"] == [[0, 512, 2.0], [512, 1024, 4.0]]
     (t,) = summary["train"]
     assert t["steps"] == 12 and abs(t["step_time_s_median"] - 1.2) < 1e-9 and t["peak_mem_gib"] == 13.0
     assert len(summary["scores"]) == 7

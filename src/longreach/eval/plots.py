@@ -86,6 +86,26 @@ def ppl_curves(results: dict[str, Any], path: str | Path) -> None:
     plt.close(fig)
 
 
+
+def ratio_lines(ratios: list[dict[str, Any]], path: str | Path) -> None:
+    """Long-context perplexity over the same model's short-context control, per position bucket (report's
+    control_ratios), one line per curve; 1 is where the long context neither helps nor hurts."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    for x in ratios:
+        xs = [(b[0] + b[1]) / 2 for b in x["buckets"]]
+        label = Path(x["file"]).parent.name or x["model"]  # the curve's output folder names the run
+        ax.plot(xs, [b[2] for b in x["buckets"]], marker="o", label=f"{label} ({x['ratio']:.2f})")
+    ax.axhline(1.0, color="grey", linestyle=":")
+    ax.set_xlabel("Position in sequence (tokens)")
+    ax.set_ylabel("perplexity / short-context control")
+    ax.set_title("Long context against its own short-context control", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
 def probe_lines(results: dict[str, Any], path: str | Path) -> None:
     """Attention probe: the retrieval heads' share of attention on the needle (left) and the needle's logit
     margin (right) against context length, one line per needle depth."""

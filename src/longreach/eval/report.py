@@ -23,7 +23,7 @@ from typing import Any
 
 from longreach.errors import InputError
 from longreach.eval.niah import per_length
-from longreach.eval.plots import niah_heatmap, ppl_curves, probe_lines, short_tokens
+from longreach.eval.plots import niah_heatmap, ppl_curves, probe_lines, ratio_lines, short_tokens
 
 # ChatQA 2 paper (Xu et al. 2024), per task, 0-100.
 PAPER_MODELS = ["ChatQA-2-8B", "ChatQA-2-70B", "GPT-4-Turbo", "Llama3.1-70B-Instruct"]
@@ -71,6 +71,29 @@ def train_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
         out["peak_mem_gib"] = max(mem)
     return out
 
+
+
+def control_ratios(ppl: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+    """Each long perplexity curve over its own short-context control (`eval ppl --context W`: the same model
+    path, text, length and sequences): the ratio overall and per bucket. Above 1, the long context makes the
+    model worse than W tokens of context would; a healthy model sits at or below 1."""
+    def key(r: dict[str, Any], m: dict[str, Any]) -> tuple:
+        return (m.get("path") or m["model"], r.get("text"), r.get("length"), m.get("sequences"))
+
+    controls: dict[tuple, list[tuple[str, int, dict[str, Any]]]] = {}
+    for rel, r in ppl:
+        for m in r["models"] if r.get("context") else []:
+            controls.setdefault(key(r, m), []).append((rel, r["context"], m))
+    out = []
+    for rel, r in ppl:
+        for m in [] if r.get("context") else r["models"]:
+            for crel, ctx, c in controls.get(key(r, m), []):
+                if len(c["curve"]) == len(m["curve"]):
+                    out.append({"file": rel, "control": crel, "model": m["model"], "path": m.get("path"),
+                                "context": ctx, "ratio": float(m["ppl"]) / float(c["ppl"]),
+                                "buckets": [[b["start"], b["end"], float(b["ppl"]) / float(cb["ppl"])]
+                                            for b, cb in zip(m["curve"], c["curve"])]})
+    return out
 
 def collect(run_dir: Path, skip: Path | None = None) -> dict[str, list[tuple[str, Any]]]:
     """(relative path, data) of each result under run_dir, by kind; unreadable files under "skipped"."""
@@ -146,6 +169,18 @@ def blocks(run_dir: Path, out: Path, found: dict[str, list[tuple[str, Any]]] | N
                      ("table", ["model", "overall"] + edges,
                       [[m["model"], _fmt(float(m["ppl"]))] + [_fmt(float(b["ppl"])) for b in m["curve"]]
                        for m in r["models"]])]
+        ratios = control_ratios(found["ppl"])
+        if ratios:
+            ratio_lines(ratios, out / "ppl_ratio_to_control.png")
+            page += [("h3", "Long context against the same model's short-context control"),
+                     ("p", "Each long curve divided by the same model's curve on the same tokens with at most W "
+                           "tokens of context (eval ppl --context W). Above 1: the long context makes the model "
+                           "worse than W tokens would; a healthy model stays at or below 1."),
+                     ("img", "ppl_ratio_to_control.png", "perplexity ratio to the short-context control"),
+                     ("table", ["curve", "model", "W", "overall"] + [f"{short_tokens(b[0])}-{short_tokens(b[1])}"
+                                                                    for b in ratios[0]["buckets"]],
+                      [[x["file"], x["model"], short_tokens(x["context"]), _fmt(x["ratio"])]
+                       + [_fmt(b[2]) for b in x["buckets"]] for x in ratios])]
     if found["scores"]:
         page.append(("h2", "Benchmarks (0-100)"))
         rows, have = [], {}
@@ -235,7 +270,7 @@ def summary(found: dict[str, list[tuple[str, Any]]], meta: dict[str, str] | None
             "models": [{"model": m["model"], "path": m.get("path"), "ppl": m["ppl"],
                         "buckets": [[b["start"], b["end"], b["ppl"]] for b in m["curve"]]} for m in r["models"]]}
            for rel, r in found["ppl"]]
-    return {"meta": dict(meta or {}), "niah": niah, "ppl": ppl,
+    return {"meta": dict(meta or {}), "niah": niah, "ppl": ppl, "ppl_ratios": control_ratios(found["ppl"]),
             "train": [{"file": rel, **t} for rel, t in found["train"]],
             "probe": [{"file": rel, "model": r.get("model"), "retrieval_heads": r["retrieval_heads"],
                        "summary": r["summary"]} for rel, r in found["probe"]],

@@ -162,6 +162,15 @@ def test_yarn_on_a_yarn_model_rescales_its_original_window():
     assert twice.rope_parameters["attention_factor"] == pytest.approx(0.1 * math.log(16) + 1)
     with pytest.raises(InputError, match="do not compose"):
         rope.apply_scheme(twice, "pi", 16384, verbose=False)
+    with pytest.raises(InputError, match="shrink the window"):  # below the original 512, even from an 8192 model
+        rope.apply_scheme(twice, "yarn", 256, verbose=False)
+    # a model's own YaRN settings survive the re-scale (here gpt-oss-like: no truncation, other ramp bounds)
+    own = _config(window=512)
+    rope.apply_scheme(own, "yarn", 2048, verbose=False)
+    own.rope_parameters.update(truncate=False, beta_fast=16.0)
+    rope.apply_scheme(own, "yarn", 8192, verbose=False)
+    assert own.rope_parameters["truncate"] is False and own.rope_parameters["beta_fast"] == 16.0
+    assert own.rope_parameters["factor"] == 16
 
 def test_attention_factor_sharpens_attention_without_changing_frequencies(tmp_path):
     from longreach.model.extend import extend_checkpoint

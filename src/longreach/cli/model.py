@@ -27,7 +27,7 @@ def extend(
     base: Annotated[float | None, typer.Option(help="theta: new RoPE base (default: derived from "
                                                      "--target-len by the Men et al. bound)")] = None,
     factor: Annotated[float | None, typer.Option(help="pi/ntk/yarn/llama3 scale (default: target / "
-                                                       "current window)")] = None,
+                                                       "current window; yarn on a YaRN model: / its original window)")] = None,
     dynamic: Annotated[bool, typer.Option(help="ntk: dynamic NTK instead of a static base")] = False,
     dtype: Annotated[str | None, typer.Option(help="bf16 | fp32 | fp16 (default: as loaded)")] = None,
     attention_factor: Annotated[float | None, typer.Option(

@@ -292,7 +292,7 @@ def apply_scheme(config, scheme: str, target_len: int, base: float | None = None
             yarn: YaRN ramp (beta 32/1, attention 0.1 ln s + 1); on a YaRN model (factor > 1) a new scale of
             its original window and base, the same config as YaRN from the unscaled model (other schemes do not
             compose with an existing scaling). llama3: Llama 3.1 scaling (low/high 1/4).
-    `factor` defaults to target_len / the model's current window. max_position_embeddings becomes target_len,
+    `factor` defaults to target_len / the model's current window (the original one when YaRN re-scales). max_position_embeddings becomes target_len,
     except for dynamic NTK, whose growth starts at max_position_embeddings, so it keeps the original window.
     `attention_factor` (theta and yarn): the factor cos/sin are multiplied by, so attention logits scale by its
     square (YaRN's temperature; for yarn it replaces 0.1 ln s + 1). With theta it is written as transformers'
@@ -304,9 +304,10 @@ def apply_scheme(config, scheme: str, target_len: int, base: float | None = None
         raise InputError(f"target length must be positive, got {target_len}", field="target_len")
     old = rope_parameters(config)
     old_base, window, dim = float(old["rope_theta"]), int(config.max_position_embeddings), head_dim(config)
+    current = window
     rescale = scheme == "yarn" and old["rope_type"] == "yarn" and float(old.get("factor", 1.0)) > 1.0
     if rescale:  # YaRN again (as the YaRN paper goes from s=16 to s=32): a new scale of the original window
-        window = int(old["original_max_position_embeddings"])
+        window = int(old.get("original_max_position_embeddings") or window)
     if scheme != "theta" and old["rope_type"] != "default" and not rescale:
         raise InputError(f"the model already uses RoPE scaling {old['rope_type']!r}; schemes do not compose. "
                          "Use --scheme theta (keeps it and changes the base) or start from an unscaled model",
@@ -315,6 +316,10 @@ def apply_scheme(config, scheme: str, target_len: int, base: float | None = None
         factor = target_len / window
     if factor <= 0 or (base is not None and base <= 0):
         raise InputError(f"factor and base must be positive, got factor={factor}, base={base}")
+    if factor < 1 and scheme in ("pi", "yarn", "llama3"):
+        raise InputError(f"{scheme} factor {factor:g} < 1 would shrink the window ({window} tokens"
+                         + (", the model's original one" if rescale else "") + f" for a target of {target_len})",
+                         field="factor")
     if attention_factor is not None:
         if attention_factor <= 0:
             raise InputError(f"must be positive, got {attention_factor}", field="attention_factor")
@@ -341,11 +346,21 @@ def apply_scheme(config, scheme: str, target_len: int, base: float | None = None
     elif scheme == "ntk":
         new = {"rope_type": "default", "rope_theta": old_base * factor ** (dim / (dim - 2))}
     elif scheme == "yarn":
+        # re-scaling keeps the model's own YaRN settings (ramp bounds, truncation, DeepSeek-style mscale)
+        keep = {k: old[k] for k in ("beta_fast", "beta_slow", "truncate", "mscale", "mscale_all_dim")
+                if rescale and k in old}
         new = {"rope_type": "yarn", "rope_theta": old_base, "factor": float(factor),
                "original_max_position_embeddings": window, "beta_fast": YARN_BETA_FAST,
-               "beta_slow": YARN_BETA_SLOW,
-               "attention_factor": yarn_attention_factor(factor) if attention_factor is None
-               else float(attention_factor)}
+               "beta_slow": YARN_BETA_SLOW, **keep}
+        if attention_factor is not None:
+            new["attention_factor"] = float(attention_factor)
+        elif not {"mscale", "mscale_all_dim"} <= set(keep):  # with both, transformers derives it from them
+            new["attention_factor"] = yarn_attention_factor(factor)
+            was = old.get("attention_factor")
+            if rescale and was is not None and abs(float(was) - yarn_attention_factor(float(old["factor"]))) > 1e-9:
+                _log(f"rope: note: the model's attention factor {float(was):.4g} was not YaRN's default for its "
+                     f"factor; the new one is the default for factor {factor:g} ({new['attention_factor']:.4g}); "
+                     "--attention-factor sets another")
     elif scheme == "llama3":
         new = {"rope_type": "llama3", "rope_theta": old_base, "factor": float(factor),
                "original_max_position_embeddings": window, "low_freq_factor": LLAMA3_LOW_FREQ_FACTOR,
@@ -360,7 +375,8 @@ def apply_scheme(config, scheme: str, target_len: int, base: float | None = None
                "rope_parameters": rope_parameters(config),
                "max_position_embeddings": config.max_position_embeddings}
     if verbose:
-        _log(f"rope: {summary['scheme']}: {old['rope_type']} base {old_base:.4g} window {window} -> "
+        _log(f"rope: {summary['scheme']}: {old['rope_type']} base {old_base:.4g} window {current}"
+             + (f" (original {window})" if rescale else "") + " -> "
              f"{new['rope_type']} base {new['rope_theta']:.4g} window {target_len}"
              + (f" factor {factor:.4g}" if factor else "")
              + (f" attention factor {summary['attention_scaling']:.4g}" if summary["attention_scaling"] != 1

@@ -95,3 +95,27 @@ def test_report_on_an_empty_folder_and_a_missing_one(tmp_path):
     assert r.exit_code != 0
     r = CliRunner().invoke(app, ["report", str(tmp_path), "--out", str(tmp_path / "r3"), "--meta", "card"])
     assert r.exit_code != 0 and "--meta" in str(r.exception) and "KEY=VALUE" in str(r.exception)
+
+
+def test_report_ratio_tables_follow_each_bucket_layout(tmp_path):
+    """Long curves of two lengths (2 and 3 buckets), each with its control: one ratio table per layout, each row
+    under its own headings; the control with no long curve of its model pairs with nothing."""
+    def result(length, n, k, context=None, model="m"):
+        step = length // n
+        curve = [{"start": i * step, "end": (i + 1) * step, "loss": 1.0, "ppl": 10.0 * k} for i in range(n)]
+        return {"length": length, "buckets": n, "context": context,
+                "models": [{"model": model, "path": f"/runs/{model}", "ppl": 10.0 * k, "curve": curve}]}
+
+    for name, r in {"a": result(1024, 2, 3.0), "a-ctx": result(1024, 2, 2.0, context=256),
+                    "b": result(3072, 3, 1.5), "b-ctx": result(3072, 3, 1.0, context=512),
+                    "c-ctx": result(3072, 3, 1.0, context=512, model="other")}.items():
+        (tmp_path / "run" / name).mkdir(parents=True)
+        (tmp_path / "run" / name / "results.json").write_text(json.dumps(r))
+    out = tmp_path / "report"
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "run"), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    md = (out / "report.md").read_text()
+    assert "| curve | model | W | overall | 0-512 | 512-1K |" in md and "| a/results.json | m | 256 | 1.50 | 1.50 | 1.50 |" in md
+    assert "| curve | model | W | overall | 0-1K | 1K-2K | 2K-3K |" in md
+    assert "| b/results.json | m | 512 | 1.50 | 1.50 | 1.50 | 1.50 |" in md
+    assert len(json.loads((out / "summary.json").read_text())["ppl_ratios"]) == 2

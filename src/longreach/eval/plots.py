@@ -94,7 +94,8 @@ def ratio_lines(ratios: list[dict[str, Any]], path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.0))
     for x in ratios:
         xs = [(b[0] + b[1]) / 2 for b in x["buckets"]]
-        label = Path(x["file"]).parent.name or x["model"]  # the curve's output folder names the run
+        run = Path(x["file"]).parent.name  # the curve's output folder names the run
+        label = f"{run + ': ' if run else ''}{x['model']}, W={short_tokens(x['context'])}"
         ax.plot(xs, [b[2] for b in x["buckets"]], marker="o", label=f"{label} ({x['ratio']:.2f})")
     ax.axhline(1.0, color="grey", linestyle=":")
     ax.set_xlabel("Position in sequence (tokens)")

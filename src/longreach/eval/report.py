@@ -173,14 +173,17 @@ def blocks(run_dir: Path, out: Path, found: dict[str, list[tuple[str, Any]]] | N
         if ratios:
             ratio_lines(ratios, out / "ppl_ratio_to_control.png")
             page += [("h3", "Long context against the same model's short-context control"),
-                     ("p", "Each long curve divided by the same model's curve on the same tokens with at most W "
-                           "tokens of context (eval ppl --context W). Above 1: the long context makes the model "
-                           "worse than W tokens would; a healthy model stays at or below 1."),
-                     ("img", "ppl_ratio_to_control.png", "perplexity ratio to the short-context control"),
-                     ("table", ["curve", "model", "W", "overall"] + [f"{short_tokens(b[0])}-{short_tokens(b[1])}"
-                                                                    for b in ratios[0]["buckets"]],
+                     ("p", ("Each long curve divided by the same model's curve on the same tokens with at most "
+                            "W tokens of context (eval ppl --context W). Above 1: the long context makes the "
+                            "model worse than W tokens would; a healthy model stays at or below 1.")),
+                     ("img", "ppl_ratio_to_control.png", "perplexity ratio to the short-context control")]
+            layouts: dict[tuple[str, ...], list[dict[str, Any]]] = {}  # one table per bucket layout
+            for x in ratios:
+                layouts.setdefault(tuple(f"{short_tokens(b[0])}-{short_tokens(b[1])}" for b in x["buckets"]),
+                                   []).append(x)
+            page += [("table", ["curve", "model", "W", "overall", *cols],
                       [[x["file"], x["model"], short_tokens(x["context"]), _fmt(x["ratio"])]
-                       + [_fmt(b[2]) for b in x["buckets"]] for x in ratios])]
+                       + [_fmt(b[2]) for b in x["buckets"]] for x in rows]) for cols, rows in layouts.items()]
     if found["scores"]:
         page.append(("h2", "Benchmarks (0-100)"))
         rows, have = [], {}

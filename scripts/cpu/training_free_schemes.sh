@@ -16,7 +16,8 @@ models=("$MODEL")
 while read -r name flags; do
   [ -n "$name" ] || continue
   # shellcheck disable=SC2086  # flags are words
-  $LR extend --model "$MODEL" --out "$OUT/m-$name" --target-len "$TARGET" --dtype fp32 $flags > "$OUT/m-$name.log" 2>&1
+  $LR extend --model "$MODEL" --out "$OUT/m-$name" --target-len "$TARGET" --dtype fp32 $flags \
+    > "$OUT/m-$name.log" 2>&1 < /dev/null || { echo "extend $name failed: see $OUT/m-$name.log" >&2; exit 1; }
   models+=("$OUT/m-$name")
 done <<SCHEMES
 ${BASE:+theta-$BASE --scheme theta --base $BASE}

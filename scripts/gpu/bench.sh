@@ -16,11 +16,12 @@
 #   bash scripts/gpu/bench.sh two-gpu-long  # 2 x H100: what `core` left: cp2 at 256K, longest on 2 GPUs (1B, 8B)
 #   bash scripts/gpu/bench.sh longest-8b    # 1 GPU: longest sequence per 8B layer count (2, 4, 8)
 #   bash scripts/gpu/bench.sh compile-long  # 1 GPU: torch.compile at SmolLM2 128K and 1B 64K, each with its baseline
+#   bash scripts/gpu/bench.sh mfu-1b        # 1 GPU: the 1B shape at 64K, compile with less recomputation / liger / flash
 # (one-GPU plans may run beside other work on a 2-GPU host: CUDA_VISIBLE_DEVICES=1 bash scripts/gpu/bench.sh ...)
 # DRY=1 prints each invocation's jobs instead of running them (works on CPU).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-plan=${1:?usage: bench.sh fetch-wheels|smollm2|llama|longest|two-gpu|two-gpu-8b|core|two-gpu-long|longest-8b|compile-long}
+plan=${1:?usage: bench.sh fetch-wheels|smollm2|llama|longest|two-gpu|two-gpu-8b|core|two-gpu-long|longest-8b|compile-long|mfu-1b}
 PY=${PY:-python3}
 
 if [ "$plan" = fetch-wheels ]; then
@@ -36,6 +37,8 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HU
 if [ -z "${DRY:-}" ] && ls .whl/liger_kernel-*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
     .whl/liger_kernel-*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+elif [ -d /tmp/site/liger_kernel ]; then  # installed by an earlier call (run from a copy of the tree without .whl/)
+  export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 dry=${DRY:+--dry-run}
 
@@ -113,6 +116,12 @@ case "$plan" in
   compile-long)  # ~4.5 min: does compile reach the 128K target (>= 23K tok/s) and 45% MFU at 64K for 1B?
     bench --shapes smollm2-135m --lengths 128k --variants "ours:ac=attn;ours:ac=attn,compile=1" --steps 2 --budget-s 130
     bench --shapes llama3.2-1b --lengths 64k --variants "ours:ac=attn;ours:ac=attn,compile=1" --steps 2 --budget-s 130
+    ;;
+  mfu-1b)  # ~6 min: the 1B shape at 64K (MFU target 45%; compile gave 38.1% on an H200): less recomputation,
+           # the fused loss, flash instead of cuDNN attention, each on top of compile; the baseline row first,
+           # the rows likeliest to run out of memory (every:2, off: only after compiling) last
+    bench --shapes llama3.2-1b --lengths 64k --steps 2 --budget-s 330 --variants \
+      "ours:ac=attn,compile=1;ours:ac=mlp,compile=1;ours:ac=attn,compile=1,loss=liger;ours:ac=attn,compile=1,sdpa=flash;ours:ac=every:2,compile=1;ours:ac=off,compile=1"
     ;;
   *) echo "unknown plan $plan" >&2; exit 2 ;;
 esac

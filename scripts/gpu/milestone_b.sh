@@ -44,7 +44,11 @@
 # after the chain, 90 steps take 9.3 min (5.95 s each), the 72 SFT steps 7.9 min (6.0 s median), the evaluations
 # 2.4 min: `.done` 22.9 minutes after the start. Session 7 (2 x H100), the same with CPT128_VARIANTS="t1;t12::
 # --attention-factor 1.2" ATTN_FACTORS="1.1 1.2" ATTN_LENGTHS=64000,128000: `.done` 26.8 minutes after the start
-# (each factor's NIAH at 2 lengths ~65 s).
+# (each factor's NIAH at 2 lengths ~65 s). Session 8 (2 x H100), CPT128_VARIANTS="x300::--base 3e7;yarn::--scheme
+# yarn", no factors: `.done` after 24 min. The corpus now travels in its own call (carry .stage/corpus: `corpus`),
+# since the tree, the GGUF's second half and the corpus together pass 64 MiB; then carry .stage/gguf-b: `stage-b`.
+# All-YaRN (8K -> 32K -> 128K): EXTEND_ARGS="--scheme yarn" for the 32K step and "--scheme yarn" as the variant's
+# extend flags (YaRN on a YaRN model re-scales from the original 8K window: factor 16).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 P=scripts/gpu/smollm2_pipeline.sh

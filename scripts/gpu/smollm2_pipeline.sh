@@ -21,6 +21,7 @@
 # Milestone A as measured on 2026-11-26 (docs/RESULTS.md; two GPUs: one stream per GPU, see docs/LOG.md):
 #   carry .whl .stage/gguf-a .stage/whl-assets:   setup stage-a
 #   carry .stage/gguf-b .stage/corpus:            stage-b corpus, sftdata (CPU, in the background), then
+#     (since session 8 the tree has grown: carry .stage/corpus for `corpus`, then .stage/gguf-b for `stage-b`)
 #     SFT_CONFIG=configs/smollm2-135m-32k-sft.yaml SFT_DATA=/root/work/sftdata: prepare32 extend train32 wait32 sft3
 #   then the second pass: SFT_SET="--set stages.sft3.train.max_steps=102" ... sft3, and eval-sft eval-unseen
 # Milestone B as measured on 2026-11-26 (one H200, docs/RESULTS.md): scripts/gpu/milestone_b.sh runs these steps

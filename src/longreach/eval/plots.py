@@ -16,6 +16,13 @@ def _pyplot():
     return plt
 
 
+def _save(fig: Any, path: str | Path) -> None:
+    """Write a finished figure (tight layout, 120 dpi) and free it."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+
+
 def short_tokens(n: float) -> str:
     """1000 -> 1K, 131072 -> 128K, 1500 -> 1.5K (axis labels)."""
     if n >= 1024 and n % 1024 == 0:
@@ -54,9 +61,7 @@ def niah_heatmap(results: dict[str, Any], path: str | Path) -> None:
                  f"{results.get('mode', 'generate')}, mean score {results.get('mean', float('nan')):.2f}",
                  fontsize=9)
     fig.colorbar(im, ax=ax, label="score")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def ppl_curves(results: dict[str, Any], path: str | Path) -> None:
@@ -81,10 +86,7 @@ def ppl_curves(results: dict[str, Any], path: str | Path) -> None:
     ax.set_title(f"Perplexity by position, sequences of {short_tokens(results['length'])} tokens{ctx}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
+    _save(fig, path)
 
 
 def ratio_lines(ratios: list[dict[str, Any]], path: str | Path) -> None:
@@ -103,9 +105,8 @@ def ratio_lines(ratios: list[dict[str, Any]], path: str | Path) -> None:
     ax.set_title("Long context against its own short-context control", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
+
 
 def probe_lines(results: dict[str, Any], path: str | Path) -> None:
     """Attention probe: the retrieval heads' share of attention on the needle (left) and the needle's logit
@@ -130,6 +131,4 @@ def probe_lines(results: dict[str, Any], path: str | Path) -> None:
     left.legend(fontsize=8)
     fig.suptitle(f"Attention of the {len(results['retrieval_heads'])} retrieval heads from the question: "
                  f"{Path(str(results.get('model', ''))).name}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)

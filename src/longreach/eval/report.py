@@ -72,7 +72,6 @@ def train_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-
 def control_ratios(ppl: list[tuple[str, Any]]) -> list[dict[str, Any]]:
     """Each long perplexity curve over its own short-context control (`eval ppl --context W`: the same model
     path, text, length and sequences): the ratio overall and per bucket. Above 1, the long context makes the
@@ -94,6 +93,7 @@ def control_ratios(ppl: list[tuple[str, Any]]) -> list[dict[str, Any]]:
                                 "buckets": [[b["start"], b["end"], float(b["ppl"]) / float(cb["ppl"])]
                                             for b, cb in zip(m["curve"], c["curve"])]})
     return out
+
 
 def collect(run_dir: Path, skip: Path | None = None) -> dict[str, list[tuple[str, Any]]]:
     """(relative path, data) of each result under run_dir, by kind; unreadable files under "skipped"."""
@@ -133,6 +133,11 @@ def _fmt(x: Any) -> str:
     return "" if x is None else f"{x:.2f}" if isinstance(x, float) else str(x)
 
 
+def _span(start: int, end: int) -> str:
+    """A position bucket's column heading, e.g. 8K-16K."""
+    return f"{short_tokens(start)}-{short_tokens(end)}"
+
+
 def _slug(rel: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in rel.rsplit(".", 1)[0]).strip("_")
 
@@ -163,7 +168,7 @@ def blocks(run_dir: Path, out: Path, found: dict[str, list[tuple[str, Any]]] | N
         for rel, r in found["ppl"]:
             png = f"ppl_{_slug(rel)}.png"
             ppl_curves(r, out / png)
-            edges = [f"{short_tokens(b['start'])}-{short_tokens(b['end'])}" for b in r["models"][0]["curve"]]
+            edges = [_span(b["start"], b["end"]) for b in r["models"][0]["curve"]]
             ctx = f", at most {r['context']} tokens of context each" if r.get("context") else ""
             page += [("h3", f"{rel}: sequences of {r['length']} tokens{ctx}"), ("img", png, f"perplexity of {rel}"),
                      ("table", ["model", "overall"] + edges,
@@ -179,8 +184,7 @@ def blocks(run_dir: Path, out: Path, found: dict[str, list[tuple[str, Any]]] | N
                      ("img", "ppl_ratio_to_control.png", "perplexity ratio to the short-context control")]
             layouts: dict[tuple[str, ...], list[dict[str, Any]]] = {}  # one table per bucket layout
             for x in ratios:
-                layouts.setdefault(tuple(f"{short_tokens(b[0])}-{short_tokens(b[1])}" for b in x["buckets"]),
-                                   []).append(x)
+                layouts.setdefault(tuple(_span(b[0], b[1]) for b in x["buckets"]), []).append(x)
             page += [("table", ["curve", "model", "W", "overall", *cols],
                       [[x["file"], x["model"], short_tokens(x["context"]), _fmt(x["ratio"])]
                        + [_fmt(b[2]) for b in x["buckets"]] for x in rows]) for cols, rows in layouts.items()]

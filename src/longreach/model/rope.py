@@ -292,8 +292,9 @@ def apply_scheme(config, scheme: str, target_len: int, base: float | None = None
             yarn: YaRN ramp (beta 32/1, attention 0.1 ln s + 1); on a YaRN model (factor > 1) a new scale of
             its original window and base, the same config as YaRN from the unscaled model (other schemes do not
             compose with an existing scaling). llama3: Llama 3.1 scaling (low/high 1/4).
-    `factor` defaults to target_len / the model's current window (the original one when YaRN re-scales). max_position_embeddings becomes target_len,
-    except for dynamic NTK, whose growth starts at max_position_embeddings, so it keeps the original window.
+    `factor` defaults to target_len / the model's current window (the original one when YaRN re-scales).
+    max_position_embeddings becomes target_len, except for dynamic NTK, whose growth starts at
+    max_position_embeddings, so it keeps the original window.
     `attention_factor` (theta and yarn): the factor cos/sin are multiplied by, so attention logits scale by its
     square (YaRN's temperature; for yarn it replaces 0.1 ln s + 1). With theta it is written as transformers'
     yarn type with factor 1, whose frequencies are the plain ones at the new base: a sharper softmax over long

@@ -25,6 +25,7 @@
 #        -> NIAH at sharper attention (ATTN_FACTORS).
 #   Beside the SFT: NIAH of the 128K continued-pretraining model (EVAL_CPT=1), the perplexity of the original
 #   and the continued-pretraining models, and the latter's attention probe.
+# EVAL32=1: NIAH of the 32K model (milestone A's grid, both scorings) beside the 128K stages.
 # CPT128_SET: more `--set` for the 128K continued pretraining (e.g. "--set max_steps=90", session 6).
 # ATTN_FACTORS="1.1 1.2": each final SFT model is also evaluated (NIAH) with sharper attention, by `longreach
 # extend --attention-factor F` on it (a config change: RoPE's cos/sin x F, attention logits x F^2; no training).
@@ -216,6 +217,11 @@ multi() {  # STEP SET: a training step on NGPU GPUs; should it fail there, again
 }
 OUT=$O/gpu bash $P prepare32 extend > "$O/gpu.txt" 2>&1
 multi train32 "--set grad_accum=$((ga / NGPU))"
+if [ "${EVAL32:-0}" = 1 ]; then  # milestone A's grid of the 32K model, beside the 128K stages: generation on the
+  # first GPU, log-prob on the last (each variant's training shares its GPU with one of them)
+  (CUDA_VISIBLE_DEVICES=0 OUT=$O/eval32g bash $P eval32-gen > "$O/eval32g.txt" 2>&1) &
+  (CUDA_VISIBLE_DEVICES=$((NGPU - 1)) OUT=$O/eval32l bash $P eval32-logprob > "$O/eval32l.txt" 2>&1) &
+fi
 essays=$($PY -c "from longreach import assets; print(assets.paul_graham_essays())")
 variant() {  # INDEX VARIANT: its 128K continued pretraining, then every SFT recipe from it, and the perplexity
   # of the model they start from beside them. One variant: on all GPUs (context parallel); several: one GPU each.

@@ -173,6 +173,10 @@ step_eval32-gen() {  # the trained 32K model, generation only
   local m; m=$(need_ckpt "$CPT32"); [ -n "$m" ] || return 0
   niah cpt32 "$m" "$LENGTHS32" generate
 }
+step_eval32-logprob() {  # the trained 32K model, log-prob only (beside eval32-gen on another GPU)
+  local m; m=$(need_ckpt "$CPT32"); [ -n "$m" ] || return 0
+  niah cpt32 "$m" "$LENGTHS32" logprob
+}
 step_ppl() {  # short-context retention: perplexity by position on text none of the models trained on
   local m; m=$(need_ckpt "$CPT32"); [ -n "$m" ] || return 0
   local essays d s extra=(); essays=$($PY -c "from longreach import assets; print(assets.paul_graham_essays())")
@@ -300,7 +304,7 @@ step_eval-unseen() {  # the SFT model on needles unlike any it was tuned on: a "
   niah "$SFT_NAME-passkey" "$s" "$LENGTHS32" generate "${PASSKEY[@]}"
 }
 
-[ $# -gt 0 ] || { echo "usage: smollm2_pipeline.sh STEP... (setup stage-a stage-b corpus prepare32 selfchat prepare32-chat extend train32 eval32 eval32-gen ppl prepare128 extend128 train128 eval128 sftdata wait32 sft3 eval-sft eval-unseen baselines)" >&2; exit 2; }
+[ $# -gt 0 ] || { echo "usage: smollm2_pipeline.sh STEP... (setup stage-a stage-b corpus prepare32 selfchat prepare32-chat extend train32 eval32 eval32-gen eval32-logprob ppl prepare128 extend128 train128 eval128 sftdata wait32 sft3 eval-sft eval-unseen baselines)" >&2; exit 2; }
 for s in "$@"; do
   log "step $s"
   "step_$s"

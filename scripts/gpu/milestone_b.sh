@@ -22,7 +22,7 @@
 #        SFT_DEADLINE_S seconds after the chain started (0: never) -> NIAH 1K-128K of its last checkpoint ->
 #        perplexity: short essays (retention) and by position over 128K, and again with at most PPL_CONTEXT
 #        tokens of context (the control) -> the attention probe (PROBE_LENGTHS) -> log-prob NIAH (LOGPROB_LENGTHS)
-#        -> NIAH at sharper attention (ATTN_FACTORS).
+#        -> NIAH at sharper attention (ATTN_FACTORS, QUERY_LOG_SCALES).
 #   Beside the SFT: NIAH of the 128K continued-pretraining model (EVAL_CPT=1), the perplexity of the original
 #   and the continued-pretraining models, and the latter's attention probe.
 # EVAL32=1: NIAH of the 32K model (milestone A's grid, both scorings) beside the 128K stages.
@@ -80,6 +80,8 @@ PPL_CONTEXT=${PPL_CONTEXT-4096}  # the by-position curves again with at most thi
 # (the same model on the same text: where the long curve rises above it, the long context hurts; "" skips it)
 ATTN_FACTORS=${ATTN_FACTORS:-}  # e.g. "1.1 1.2": after each SFT's evaluations, NIAH at these attention factors
 # (each at ATTN_LENGTHS, by default all of LENGTHS128: ~2 min on an H100; plan the SFT deadline for them)
+QUERY_LOG_SCALES=${QUERY_LOG_SCALES:-}  # e.g. "65536:0.3 65536:0.6": the same with queries past FLOOR tokens
+# x 1 + SCALE ln(floor((p+1)/FLOOR) + 1) (`longreach extend --query-log-scale`; below FLOOR nothing changes)
 # A CPU smoke run at toy sizes (docs/LOG.md): SMOKE=1 SEQ32=1024 SEQ128=2048 STAGE=... WORK=... PY=python
 # ORIG_MODEL=SRC_MODEL=<gguf> LENGTHS128=400,600 MB_DEPTHS=0,100 SFT_RECIPES="configs/smollm2-128k-sft-smoke.yaml:6"
 # NGPU=2 SFT_SAVE=1 SFT_HALF=2 SFT_STOP=3 PPL_SHORT=256 PPL_LONG=1024 PPL_CONTEXT=256 PROBE_LENGTHS=400,600
@@ -170,11 +172,18 @@ sft_run() {  # CONFIG STEPS GPU SUFFIX: one 128K SFT (started once its data exis
   read -r base win < <($PY -c "import json, sys; c = json.load(open(sys.argv[1] + '/config.json'))
 print(c['rope_theta'], c['max_position_embeddings'])" "$m")
   for f in $ATTN_FACTORS; do  # the same model with sharper attention (config only: logits x f^2), its NIAH
-    a=$W/$T-$n-attn$f
-    LR extend --model "$m" --target-len "$win" --base "$base" --attention-factor "$f" --out "$a" > "$a.log" 2>&1 \
-      && niah_gen "$a" "$T-$n-attn$f" 16 "$ATTN_LENGTHS" \
-      || echo "attention factor $f of $T failed (see $a.log)" >> "$O/gpu.txt"
+    sharper "$m" "$T-$n-attn$f" "$win" "$base" --attention-factor "$f"
   done
+  for q in $QUERY_LOG_SCALES; do  # FLOOR:SCALE: queries past FLOOR sharpened by position (config only)
+    sharper "$m" "$T-$n-qls${q/:/-}" "$win" "$base" --query-log-floor "${q%%:*}" --query-log-scale "${q#*:}"
+  done
+}
+sharper() {  # MODEL NAME WINDOW BASE EXTEND_FLAGS...: the model with its attention sharpened by `longreach
+  # extend` (same window and base, no training), then its NIAH at ATTN_LENGTHS
+  local m=$1 name=$2 win=$3 base=$4 a=$W/$2; shift 4
+  LR extend --model "$m" --target-len "$win" --base "$base" "$@" --out "$a" > "$a.log" 2>&1 \
+    && niah_gen "$a" "$name" 16 "$ATTN_LENGTHS" \
+    || echo "$name failed (see $a.log)" >> "$O/gpu.txt"
 }
 
 if [ ${#VARIANTS[@]} -gt 1 ] && [ ${#VARIANTS[@]} -gt "$NGPU" ]; then

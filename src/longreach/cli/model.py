@@ -33,10 +33,16 @@ def extend(
     attention_factor: Annotated[float | None, typer.Option(
         "--attention-factor", help="theta/yarn: scale of cos/sin (attention logits x its square; yarn default "
                                    "0.1 ln s + 1, theta 1)")] = None,
+    query_log_scale: Annotated[float | None, typer.Option(
+        "--query-log-scale", help="queries at position p x 1 + S ln(floor((p+1)/F) + 1): sharper attention "
+                                  "only past F tokens (0 removes it; default: keep the model's)")] = None,
+    query_log_floor: Annotated[int, typer.Option(
+        "--query-log-floor", help="F of --query-log-scale: positions below F - 1 are unchanged")] = 8192,
 ) -> None:
     """Load a model, apply a RoPE scheme for --target-len tokens, save it, and check it reads back."""
     from longreach.model.extend import extend_checkpoint
 
     summary = extend_checkpoint(model, out, target_len, scheme=scheme, base=base, factor=factor,
-                                dynamic=dynamic, dtype=dtype, attention_factor=attention_factor)
+                                dynamic=dynamic, dtype=dtype, attention_factor=attention_factor,
+                                query_log_scale=query_log_scale, query_log_floor=query_log_floor)
     print(json.dumps(summary, indent=2))

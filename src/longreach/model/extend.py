@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from longreach.errors import InputError
-from longreach.model import rope
+from longreach.model import logscale, rope
 from longreach.model.load import load_model, save_model, tokenizer_hash
 
 
@@ -40,13 +40,24 @@ def verify_saved_rope(out_dir: str | Path, expected_inv_freq, expected_window: i
 
 def extend_checkpoint(model_path: str | Path, out_dir: str | Path, target_len: int, scheme: str = "theta",
                       base: float | None = None, factor: float | None = None, dynamic: bool = False,
-                      dtype: str | None = None, attention_factor: float | None = None) -> dict[str, Any]:
-    """Load `model_path` (folder or .gguf), apply `scheme` for `target_len` tokens, save to `out_dir`."""
+                      dtype: str | None = None, attention_factor: float | None = None,
+                      query_log_scale: float | None = None,
+                      query_log_floor: int = logscale.DEFAULT_FLOOR) -> dict[str, Any]:
+    """Load `model_path` (folder or .gguf), apply `scheme` for `target_len` tokens, save to `out_dir`.
+
+    query_log_scale: set (> 0) or remove (0) the query log-scaling by position (model/logscale.py); None keeps
+    the model's own."""
     if scheme not in rope.SCHEMES:  # before a possibly long load
         raise InputError(f"unknown RoPE scheme {scheme!r}; choose one of {rope.SCHEMES}", field="scheme")
+    if query_log_scale is not None:  # before the load too
+        logscale.check(query_log_scale, query_log_floor)
     model, tok = load_model(model_path, dtype=dtype)
     summary = rope.extend_model(model, scheme, target_len, base=base, factor=factor, dynamic=dynamic,
                                 attention_factor=attention_factor)
+    if query_log_scale is not None:
+        logscale.configure(model.config, query_log_scale, query_log_floor)
+        logscale.install(model)
+    summary["query_log_scale"] = logscale.settings(model.config)
     parent = Path(model_path) / "longreach.json"
     record = {"stage": "extend", **summary, "source": str(model_path),
               "tokenizer_hash": tokenizer_hash(tok), "dtype": str(model.dtype).removeprefix("torch."),

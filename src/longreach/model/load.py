@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from longreach.errors import InputError
-from longreach.model import rope
+from longreach.model import logscale, rope
 
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
           "fp16": "float16", "float16": "float16"}
@@ -162,6 +162,7 @@ def load_model(path: str | Path, dtype=None, device: str = "cpu", attn_implement
         model = _from_folder(path, dtype, attn_implementation)
         tok = load_tokenizer(path) if has_tokenizer(path) else None
     rope.check_rotary(model)
+    logscale.install(model)  # a query log scale in config.json (longreach extend --query-log-scale)
     return model.to(device).eval(), tok
 
 

@@ -30,6 +30,7 @@ import torch
 
 from longreach import config as config_io
 from longreach.errors import InputError, RunStopped, TrainingDiverged
+from longreach.model import logscale
 from longreach.train import attention, checkpoint, context_parallel, parallel
 from longreach.train.config import TrainConfig
 from longreach.train.loss import IGNORE, chunked_cross_entropy, shift_labels
@@ -50,6 +51,7 @@ def load_start(path: str, attn: str, seed: int):
     cfg._attn_implementation = attn
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    logscale.install(model)  # as load_model does for a checkpoint
     return model, (AutoTokenizer.from_pretrained(p) if _has_tokenizer(p) else None)
 
 

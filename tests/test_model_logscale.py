@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,9 +82,57 @@ def test_decoding_with_the_kv_cache_matches_the_full_forward_pass():
             out = model(ids[:, t:t + 1], use_cache=True, **{cache: out.past_key_values})
             steps.append(out.logits)
     torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-6)
-    with torch.no_grad():
-        greedy = model.generate(ids[:, :9], max_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=0)
-    assert greedy.shape == (1, 15)
+    with torch.no_grad():  # generate() with and without the cache: the same tokens
+        greedy = [model.generate(ids[:, :9], max_new_tokens=6, do_sample=False, use_cache=c, pad_token_id=0)
+                  for c in (True, False)]
+    assert torch.equal(*greedy)
+
+
+def test_each_row_of_a_batch_gets_its_own_positions():
+    model = _model(seed=6)
+    logscale.configure(model.config, 2.0, floor=16)
+    logscale.install(model)
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(4))
+    positions = torch.stack([torch.arange(12), torch.arange(30, 42)])  # row 0 below the floor, row 1 past it
+    both = _logits(model, ids, positions)
+    for r in range(2):
+        torch.testing.assert_close(both[r:r + 1], _logits(model, ids[r:r + 1], positions[r:r + 1]),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_training_uses_it_and_checkpoints_keep_it(tmp_path):
+    from conftest import write_pattern_shards, write_tiny_llama
+    from longreach.model.extend import extend_checkpoint
+    from longreach.train.config import TrainConfig
+    from longreach.train.loop import train
+
+    shards = write_pattern_shards(tmp_path / "shards", seq_len=64)
+    plain = write_tiny_llama(tmp_path / "plain")
+    extend_checkpoint(plain, tmp_path / "scaled", 256, base=10000.0, query_log_scale=2.0, query_log_floor=16)
+    write_tiny_llama(tmp_path / "config-only-plain", weights=False)  # a seeded random start, from config.json
+    config_only = write_tiny_llama(tmp_path / "config-only", weights=False)
+    cfg = json.loads((config_only / "config.json").read_text())
+    (config_only / "config.json").write_text(json.dumps({**cfg, logscale.CONFIG_KEY: {"floor": 16, "scale": 2.0}}))
+    losses = {}
+    for name in ("plain", "scaled", "config-only-plain", "config-only"):
+        out = train(TrainConfig(model=str(tmp_path / name), data=str(shards), out=str(tmp_path / f"run-{name}"),
+                                max_steps=2, micro_batch=2, lr=1e-3, warmup_steps=1, progress=False))
+        losses[name] = [json.loads(x)["loss"] for x in (tmp_path / f"run-{name}" / "metrics.jsonl").open()]
+        saved = json.loads((Path(out["checkpoint"]) / "config.json").read_text()).get(logscale.CONFIG_KEY)
+        assert saved == (None if name.endswith("plain") else {"floor": 16, "scale": 2.0}), name
+    # same start, same data: only the scaling differs (the first step's loss already, on 64-token sequences)
+    assert abs(losses["scaled"][0] - losses["plain"][0]) > 1e-4
+    assert abs(losses["config-only"][0] - losses["config-only-plain"][0]) > 1e-4
+
+
+def test_models_that_normalize_their_queries_are_refused():
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    model = Qwen3ForCausalLM(Qwen3Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2, head_dim=8))
+    logscale.configure(model.config, 0.1, floor=16)
+    with pytest.raises(InputError, match="q_norm"):
+        logscale.install(model)
 
 
 def test_extend_saves_it_and_load_model_applies_it(tmp_path):

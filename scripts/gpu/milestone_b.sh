@@ -80,8 +80,8 @@ PPL_CONTEXT=${PPL_CONTEXT-4096}  # the by-position curves again with at most thi
 # (the same model on the same text: where the long curve rises above it, the long context hurts; "" skips it)
 ATTN_FACTORS=${ATTN_FACTORS:-}  # e.g. "1.1 1.2": after each SFT's evaluations, NIAH at these attention factors
 # (each at ATTN_LENGTHS, by default all of LENGTHS128: ~2 min on an H100; plan the SFT deadline for them)
-QUERY_LOG_SCALES=${QUERY_LOG_SCALES:-}  # e.g. "65536:0.3 65536:0.6": the same with queries past FLOOR tokens
-# x 1 + SCALE ln(floor((p+1)/FLOOR) + 1) (`longreach extend --query-log-scale`; below FLOOR nothing changes)
+QUERY_LOG_SCALES=${QUERY_LOG_SCALES:-}  # e.g. "65536:0.3 65536:0.6": the same with the query at position p
+# x 1 + SCALE ln(floor((p+1)/FLOOR) + 1) (`longreach extend --query-log-scale`; the first FLOOR - 1 unchanged)
 # A CPU smoke run at toy sizes (docs/LOG.md): SMOKE=1 SEQ32=1024 SEQ128=2048 STAGE=... WORK=... PY=python
 # ORIG_MODEL=SRC_MODEL=<gguf> LENGTHS128=400,600 MB_DEPTHS=0,100 SFT_RECIPES="configs/smollm2-128k-sft-smoke.yaml:6"
 # NGPU=2 SFT_SAVE=1 SFT_HALF=2 SFT_STOP=3 PPL_SHORT=256 PPL_LONG=1024 PPL_CONTEXT=256 PROBE_LENGTHS=400,600
@@ -174,7 +174,7 @@ print(c['rope_theta'], c['max_position_embeddings'])" "$m")
   for f in $ATTN_FACTORS; do  # the same model with sharper attention (config only: logits x f^2), its NIAH
     sharper "$m" "$T-$n-attn$f" "$win" "$base" --attention-factor "$f"
   done
-  for q in $QUERY_LOG_SCALES; do  # FLOOR:SCALE: queries past FLOOR sharpened by position (config only)
+  for q in $QUERY_LOG_SCALES; do  # FLOOR:SCALE: queries sharpened by position (config only)
     sharper "$m" "$T-$n-qls${q/:/-}" "$win" "$base" --query-log-floor "${q%%:*}" --query-log-scale "${q#*:}"
   done
 }

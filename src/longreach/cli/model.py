@@ -35,7 +35,7 @@ def extend(
                                    "0.1 ln s + 1, theta 1)")] = None,
     query_log_scale: Annotated[float | None, typer.Option(
         "--query-log-scale", help="queries at position p x 1 + S ln(floor((p+1)/F) + 1): sharper attention "
-                                  "only past F tokens (0 removes it; default: keep the model's)")] = None,
+                                  "from the F-th token on (0 removes it; default: keep the model's)")] = None,
     query_log_floor: Annotated[int, typer.Option(
         "--query-log-floor", help="F of --query-log-scale: positions below F - 1 are unchanged")] = 8192,
 ) -> None:

@@ -7,16 +7,19 @@ The query of the token at position p is multiplied by
 
     s(p) = 1 + scale * ln(floor((p + 1) / floor_len) + 1)
 
-(Llama 4's attention temperature tuning; the same idea as scalable softmax, logits growing with log n so the
-softmax over n keys does not flatten as n grows). Positions below floor_len - 1 keep s = 1: inside the window the
-model was trained on, nothing changes. A uniform attention factor (`--attention-factor`, cos/sin x F, logits x
+(Llama 4's attention temperature tuning, which Llama 4 applies on its layers without RoPE only; here every
+layer; the same idea as scalable softmax, logits growing with log n so the softmax over n keys does not flatten
+as n grows). The first floor_len - 1 positions keep s = 1; from the floor_len-th token on (p >= floor_len - 1)
+the queries sharpen. A uniform attention factor (`--attention-factor`, cos/sin x F, logits x
 F^2) sharpens every position alike; docs/RESULTS.md session 7 found that it trades retrieval at 64K for 128K.
 
 The setting lives in config.json under CONFIG_KEY ({"floor": ..., "scale": ...}); `install` hooks every
 attention layer of a loaded model (load_model does it), whatever its attention implementation (SDPA, flex,
 context parallel): a scalar per position commutes with RoPE's rotation, so the hook scales the q_proj output
 before RoPE, with the positions the layer is called with (the KV cache's decoding positions included).
-Only longreach's loader applies it: a plain `AutoModelForCausalLM.from_pretrained` or another runtime (vLLM)
+Models that normalize the q_proj output (q_norm: Qwen3, OLMo2, Gemma3) would undo the scale and are refused.
+With torch.compile and activation checkpointing, train/parallel.py lets the compiler keep the hook's one side
+effect (the positions handed to q_proj) out of the recomputation. Only longreach's loader applies it: a plain `AutoModelForCausalLM.from_pretrained` or another runtime (vLLM)
 ignores the key and runs the model without it.
 """
 
@@ -87,20 +90,28 @@ def install(model) -> bool:
     if not layers:
         raise InputError(f"{type(model).__name__} has no attention layers with q_proj to scale",
                          field=CONFIG_KEY)
+    if any(hasattr(attn, "q_norm") for attn in layers):
+        raise InputError(f"{type(model).__name__} normalizes its queries (q_norm), which would undo the query "
+                         "log scale", field=CONFIG_KEY)
+
+    def keep_positions(attn, args, kwargs):  # the attention layer's positions, handed to its q_proj
+        positions = kwargs.get("position_ids")
+        if positions is None:
+            raise RuntimeError(f"{CONFIG_KEY}: attention layer {attn.layer_idx} was called without "
+                               "position_ids (this transformers version does not pass them on)")
+        attn.q_proj._longreach_positions = positions
+
+    def scale_query(q_proj, args, output):
+        s = factor(q_proj._longreach_positions, floor, scale).to(output.device)  # (batch or 1, seq), fp32
+        return (output * s.unsqueeze(-1)).to(output.dtype)
+
     handles = []
     for attn in layers:
-        def keep_positions(module, args, kwargs):
-            positions = kwargs.get("position_ids")
-            if positions is None:
-                raise RuntimeError(f"{CONFIG_KEY}: attention layer {module.layer_idx} was called without "
-                                   "position_ids (this transformers version does not pass them on)")
-            module._longreach_positions = positions
-
-        def scale_query(module, args, output, attn=attn):
-            s = factor(attn._longreach_positions, floor, scale).to(output.device)  # (batch or 1, seq), fp32
-            return (output * s.unsqueeze(-1)).to(output.dtype)
-
         handles.append(attn.register_forward_pre_hook(keep_positions, with_kwargs=True))
         handles.append(attn.q_proj.register_forward_hook(scale_query))
     model._longreach_logscale_hooks = handles
     return True
+
+
+def installed(model) -> bool:
+    return bool(getattr(model, "_longreach_logscale_hooks", None))

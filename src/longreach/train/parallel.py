@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from longreach.errors import InputError
+from longreach.model import logscale
 
 
 @dataclass
@@ -91,6 +92,9 @@ def check_seq_len(seq_len: int, cp: int) -> None:
 CHECKPOINTING = ("off", "full", "attn", "mlp", "every:K")
 
 
+_SIDE_EFFECTS = "skip_fwd_side_effects_in_bwd_under_checkpoint"
+
+
 def configure_layers(lm: torch.nn.Module, checkpointing: str = "off", compile: bool = False,
                      offload: bool = False) -> None:
     """Per-decoder-layer speed/memory options, applied in place (parameter names are unchanged).
@@ -112,6 +116,10 @@ def configure_layers(lm: torch.nn.Module, checkpointing: str = "off", compile: b
     if compile:
         # One compiled body per layer object; the default cache (8) would send later layers back to eager.
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(lm.model.layers))
+        if logscale.installed(lm) and checkpointing != "off" and hasattr(torch._dynamo.config, _SIDE_EFFECTS):
+            # the query log scale's hook hands the positions to q_proj (a module attribute): without this the
+            # compiler refuses that side effect inside a checkpointed region and runs the layers eagerly
+            setattr(torch._dynamo.config, _SIDE_EFFECTS, True)
     for i, layer in enumerate(lm.model.layers):
         fwd = layer.forward
         if offload:  # the reentrant checkpoint is opaque to the compiler: compile inside it

@@ -263,6 +263,30 @@ def test_men_bound_condition_matches_the_direct_sum():
     assert rope.first_negative_position(bound / 10 ** (1 / 50), 128, 8192) is not None
 
 
+def test_bound_reach_of_every_scheme_matches_the_direct_sum(capsys):
+    # SmolLM2's shape (head dim 64, base 1e5, 8K): the frequencies each scheme writes, checked where B_m first
+    # turns negative against the plain sum over positions (docs/RESULTS.md session 9 uses these numbers)
+    def reach(*steps):
+        config = tiny.shape_config("smollm2-135m", layers=1)
+        for scheme, length, kw in steps:
+            summary = rope.apply_scheme(config, scheme, length, verbose=True, **kw)
+        theta = rope.inv_freq(config, seq_len=steps[-1][1]).double().numpy()
+        b = np.cos(np.outer(np.arange(steps[-1][1] + 1), theta)).sum(axis=1)
+        neg = np.flatnonzero(b < 0)
+        assert summary["bound_reach"] == rope.bound_reach(config, steps[-1][1]) == (int(neg[0]) if neg.size
+                                                                                     else None)
+        return summary["bound_reach"]
+
+    theta32 = ("theta", 32768, {"base": 1.6e7})
+    assert reach(theta32) is None
+    assert "warning" not in capsys.readouterr().err
+    assert reach(theta32, ("theta", 131072, {"base": 3.2e8})) is None  # the bound for 128K
+    assert 40000 < reach(theta32, ("theta", 131072, {"base": 3e7})) < 50000  # x300: fails at ~45.7K
+    assert "fail the Men et al. condition" in capsys.readouterr().err
+    assert 15000 < reach(("yarn", 32768, {}), ("yarn", 131072, {})) < 25000  # YaRN x16 from 1e5: ~19.4K
+    assert reach(("pi", 16384, {})) < 16384 and reach(("ntk", 16384, {"dynamic": True})) < 16384
+
+
 # RECIPE.md section 4, head dim 128
 RECIPE_BASES = {65536: 4.5e6, 131072: 1.9e7, 262144: 4.9e7, 524288: 1.8e8, 1048576: 1.2e9}
 

@@ -217,7 +217,20 @@ def first_negative_position(base: float, head_dim: int, max_len: int) -> int | N
     Positions are split as m = s + j (s a multiple of C ~ sqrt(max_len), 0 <= j < C), so by
     cos(s t + j t) = cos(s t) cos(j t) - sin(s t) sin(j t) all of B is two small matrix products instead of
     max_len x head_dim/2 cosines (float64 throughout; agrees with the direct sum to ~1e-11)."""
-    theta = _base_inv_freq(base, head_dim)
+    return first_negative_of(_base_inv_freq(base, head_dim), max_len)
+
+
+def bound_reach(config, target_len: int) -> int | None:
+    """Where `config`'s RoPE frequencies (any scheme) first fail the Men et al. condition B_m >= 0, up to
+    target_len; None if they hold throughout. The condition was derived for a base; applied to the frequencies
+    a scheme produces, it predicted where NIAH fell in longreach's SmolLM2 runs (docs/RESULTS.md session 9:
+    base 3e7 fails at 45.7K and lost 48K; YaRN x16 from base 1e5 fails at 19.4K and lost 32K and beyond)."""
+    return first_negative_of(inv_freq(config, seq_len=target_len).double().numpy(), target_len)
+
+
+def first_negative_of(theta: np.ndarray, max_len: int) -> int | None:
+    """first_negative_position for any set of inverse frequencies."""
+    theta = np.asarray(theta, dtype=np.float64)
     step = math.isqrt(max_len + 1) + 1
     inner = np.arange(step, dtype=np.float64)[:, None] * theta
     outer = np.arange(0, max_len + 1, step, dtype=np.float64)[:, None] * theta
@@ -374,7 +387,8 @@ def apply_scheme(config, scheme: str, target_len: int, base: float | None = None
                "original_len": window, "head_dim": dim, "old_base": old_base, "new_base": float(new["rope_theta"]),
                "factor": factor, "attention_scaling": attention_scaling(config),
                "rope_parameters": rope_parameters(config),
-               "max_position_embeddings": config.max_position_embeddings}
+               "max_position_embeddings": config.max_position_embeddings,
+               "bound_reach": bound_reach(config, int(target_len))}
     if verbose:
         _log(f"rope: {summary['scheme']}: {old['rope_type']} base {old_base:.4g} window {current}"
              + (f" (original {window})" if rescale else "") + " -> "
@@ -382,6 +396,11 @@ def apply_scheme(config, scheme: str, target_len: int, base: float | None = None
              + (f" factor {factor:.4g}" if factor else "")
              + (f" attention factor {summary['attention_scaling']:.4g}" if summary["attention_scaling"] != 1
                 else ""))
+        if summary["bound_reach"] is not None:
+            _log(f"rope: warning: these frequencies fail the Men et al. condition (B_m >= 0) from position "
+                 f"{summary['bound_reach']}, before {target_len}: expect retrieval to weaken beyond it even where "
+                 "perplexity stays low (a theta base of at least "
+                 f"{base_lower_bound(int(target_len), dim):.3g} passes)")
     return summary
 
 

@@ -143,9 +143,12 @@ step_stage-b() {
     timed tar -C "$STAGE" -xJf .stage/data/shards-32k.tar.xz
   fi
 }
+rope_lines() {  # what `longreach extend` says of the new RoPE ("rope:" lines, the bound's reach, the folder)
+  grep -E '^rope:|"bound_reach"|"out"' || true
+}
 step_extend() {  # base 1e5 -> the Men et al. bound for head dim 64 at 32K (1.6e7); no training yet
   timed LR extend --model "${SRC_MODEL:-$GGUF}" --target-len 32768 --out "$BASE32" ${EXTEND_ARGS:-} \
-    2>&1 | tail -3 | tee -a "$OUT/pipeline.log" || log "  FAILED extend"
+    2>&1 | rope_lines | tee -a "$OUT/pipeline.log" || log "  FAILED extend"
   keep "$(basename "$BASE32")"
 }
 train_run() {  # NAME CONFIG MODEL DATA RUN: one `longreach train`, its log and metrics kept
@@ -220,7 +223,7 @@ step_prepare128() {  # milestone B data: the same corpus packed at 128K (SHARDS1
 step_extend128() {  # 32K -> 128K: the trained 32K model, base raised to the bound for 128K at head dim 64
   # (EXTEND128_ARGS: other `longreach extend` flags, e.g. "--base 3e7", "--scheme yarn", "--attention-factor 1.2")
   local m; m=$(need_ckpt "$CPT32"); [ -n "$m" ] || return 0
-  timed LR extend --model "$m" --target-len 131072 --out "$BASE128" ${EXTEND128_ARGS:-} 2>&1 | tail -3 \
+  timed LR extend --model "$m" --target-len 131072 --out "$BASE128" ${EXTEND128_ARGS:-} 2>&1 | rope_lines \
     | tee -a "$OUT/pipeline.log" \
     || log "  FAILED extend128"
   keep "$(basename "$BASE128")"

@@ -319,3 +319,43 @@ def test_recommended_base_at_1m_is_below_recipe_and_nothing_above_fails():
 def test_recommended_base_prints_what_it_derived(capsys):
     rope.recommended_base(8192, 64)
     assert "Men et al." in capsys.readouterr().err
+
+
+def test_plan_compares_the_schemes_without_changing_the_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from longreach.cli.apps import app
+    from longreach.model.load import save_model
+
+    config = tiny.shape_config("smollm2-135m", layers=1)
+    rope.apply_scheme(config, "theta", 32768, base=1.6e7, verbose=False)  # milestone A's 32K model
+    before = rope.inv_freq(config)
+    rows = {r["flags"]: r for r in rope.plan(config, 131072)}
+    torch.testing.assert_close(rope.inv_freq(config), before, rtol=0, atol=0)
+    assert config.max_position_embeddings == 32768
+    assert list(rows) == ["--scheme theta --base 3.2e+08", "--scheme pi", "--scheme ntk",
+                          "--scheme yarn --factor 4", "--scheme yarn --factor 6", "--scheme yarn --factor 8",
+                          "--scheme llama3 --factor 4", "--scheme llama3 --factor 6", "--scheme llama3 --factor 8"]
+    bound, yarn4, yarn6 = (rows[k] for k in ("--scheme theta --base 3.2e+08", "--scheme yarn --factor 4",
+                                              "--scheme yarn --factor 6"))
+    assert bound["bound_reach"] is None and bound["unchanged"] == 1 and bound["max_slowdown"] == pytest.approx(
+        (3.2e8 / 1.6e7) ** (62 / 64))  # the slowest of 32: base^(-62/64)
+    assert yarn4["bound_reach"] == 89576 and yarn4["unchanged"] == 10 and yarn4["max_slowdown"] == pytest.approx(4)
+    assert yarn6["bound_reach"] is None and yarn6["attention_scaling"] == pytest.approx(0.1 * math.log(6) + 1)
+    assert rows["--scheme llama3 --factor 6"]["unchanged"] == 14
+    # each row's flags, given to extend, give that row's frequencies and reach
+    again = tiny.shape_config("smollm2-135m", layers=1)
+    rope.apply_scheme(again, "theta", 32768, base=1.6e7, verbose=False)
+    assert rope.apply_scheme(again, "yarn", 131072, factor=6, verbose=False)["bound_reach"] is None
+    # on a model that already uses a scaling, the schemes that do not compose are reported as refused
+    scaled = tiny.shape_config("smollm2-135m", layers=1)
+    rope.apply_scheme(scaled, "llama3", 32768, verbose=False)
+    assert "error" in {r["flags"]: r for r in rope.plan(scaled, 131072)}["--scheme pi"]
+    # the command, on a saved tiny model
+    src = tmp_path / "m"
+    save_model(tiny.tiny_llama(_config(head_dim=16), seed=0), None, src)
+    result = CliRunner().invoke(app, ["rope-plan", "--model", str(src), "--target-len", "4096", "--factor", "8"])
+    assert result.exit_code == 0, result.output
+    assert "| --scheme yarn --factor 8 |" in result.output and "| --scheme pi |" in result.output
+    result = CliRunner().invoke(app, ["rope-plan", "--model", str(src), "--target-len", "4096", "--json"])
+    assert result.exit_code == 0 and len(json.loads(result.output)) == 9

@@ -46,3 +46,40 @@ def extend(
                                 dynamic=dynamic, dtype=dtype, attention_factor=attention_factor,
                                 query_log_scale=query_log_scale, query_log_floor=query_log_floor)
     print(json.dumps(summary, indent=2))
+
+
+@app.command("rope-plan")
+def rope_plan(
+    model: Annotated[str, typer.Option(help="Hugging Face model folder or .gguf file")],
+    target_len: Annotated[int, typer.Option(help="context window to reach, in tokens")],
+    factor: Annotated[list[float] | None, typer.Option(
+        help="yarn/llama3 factors to compare (repeatable; default: target / window, x1.5 and x2 of it)")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="print the rows as JSON")] = False,
+) -> None:
+    """Compare the RoPE schemes `longreach extend` could apply for --target-len, before any training: where each
+    one's frequencies first fail the Men et al. condition (retrieval weakened beyond it in longreach's runs), how
+    many of the model's frequencies it keeps, and the most it slows one (more moved: more perplexity lost)."""
+    from longreach.model import rope
+    from longreach.model.load import _check_path, is_gguf, load_model
+
+    path = _check_path(model)
+    if is_gguf(path):
+        config = load_model(path)[0].config
+    else:
+        from transformers import AutoConfig
+        config = AutoConfig.from_pretrained(path)
+    rows = rope.plan(config, target_len, factor)
+    if json_out:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"RoPE plans for {target_len} tokens from {model} (window {config.max_position_embeddings}, "
+          f"{rope.rope_parameters(config)['rope_type']} base {float(rope.rope_parameters(config)['rope_theta']):.4g})")
+    print("| longreach extend flags | B_m < 0 from | frequencies kept | most slowed | attention factor |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['flags']} | refused: {r['error']} | | | |")
+            continue
+        reach = "never" if r["bound_reach"] is None else f"{r['bound_reach']:,}"
+        print(f"| {r['flags']} | {reach} | {r['unchanged']}/{r['frequencies']} | x{r['max_slowdown']:.3g} | "
+              f"{r['attention_scaling']:.4g} |")

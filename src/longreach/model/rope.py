@@ -15,6 +15,7 @@ result, float64 arithmetic) and `check_rotary` verifies that a loaded model's ro
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import math
 import sys
@@ -402,6 +403,39 @@ def apply_scheme(config, scheme: str, target_len: int, base: float | None = None
                  "perplexity stays low (a theta base of at least "
                  f"{base_lower_bound(int(target_len), dim):.3g} passes)")
     return summary
+
+
+def plan(config, target_len: int, factors: list[float] | None = None) -> list[dict[str, Any]]:
+    """Each candidate RoPE for `target_len` from `config` (left unchanged), before any training: the
+    `longreach extend` flags, where its frequencies first fail the Men et al. condition (bound_reach; None:
+    never before target_len), how many of the model's frequencies it leaves as they are, and the most it slows
+    one. Candidates: theta at the recommended base, PI, static NTK, YaRN and Llama 3.1 at each factor (default: target / window, x1.5 and x2 of it). docs/RESULTS.md session 9: failing the
+    condition marked where NIAH fell; moving more frequencies cost more long-range perplexity."""
+    window = int(config.max_position_embeddings)
+    old = rope_parameters(config)
+    if old["rope_type"] == "yarn" and float(old.get("factor", 1.0)) > 1.0:
+        window = int(old.get("original_max_position_embeddings") or window)  # YaRN re-scales from there
+    base_factor = target_len / window
+    factors = sorted(set(factors or [base_factor, 1.5 * base_factor, 2 * base_factor]))
+    before = inv_freq(config, seq_len=target_len).double()
+    recommended = recommended_base(int(target_len), head_dim(config), verbose=False)
+    candidates = [("theta", {"base": recommended}), ("pi", {}), ("ntk", {})]
+    candidates += [(scheme, {"factor": f}) for scheme in ("yarn", "llama3") for f in factors]
+    rows = []
+    for scheme, kw in candidates:
+        flags = f"--scheme {scheme}" + "".join(f" --{k} {v:.4g}" for k, v in kw.items())
+        trial = copy.deepcopy(config)
+        try:
+            summary = apply_scheme(trial, scheme, int(target_len), verbose=False, **kw)
+        except InputError as e:
+            rows.append({"flags": flags, "error": str(e)})
+            continue
+        after = inv_freq(trial, seq_len=target_len).double()
+        slow = before / after
+        rows.append({"flags": flags, "bound_reach": summary["bound_reach"],
+                     "unchanged": int(((slow - 1).abs() < 1e-6).sum()), "frequencies": int(slow.numel()),
+                     "max_slowdown": float(slow.max()), "attention_scaling": summary["attention_scaling"]})
+    return rows
 
 
 def refresh_rotary(model) -> None:

@@ -33,7 +33,7 @@ def test_factor_is_one_below_the_floor_and_grows_with_log_position():
     assert s[9].item() == pytest.approx(1 + 0.5 * math.log(2))  # p + 1 = 10
     assert s[99].item() == pytest.approx(1 + 0.5 * math.log(11))
     assert torch.all(s[1:] >= s[:-1])
-    assert logscale.factor_at(131071, 8192, 0.1) == pytest.approx(1 + 0.1 * math.log(17))
+    assert logscale.factor(torch.tensor(131071), 8192, 0.1).item() == pytest.approx(1 + 0.1 * math.log(17))
 
 
 def test_no_change_inside_the_floor_and_a_change_past_it():

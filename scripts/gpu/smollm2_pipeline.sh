@@ -165,8 +165,8 @@ step_train32() {
 }
 step_eval32() {  # the trained model: both scorings; the base-change-only model: log-prob
   local m; m=$(need_ckpt "$CPT32"); [ -n "$m" ] || return 0
-  niah cpt32 "$m" "$LENGTHS32" logprob
-  niah cpt32 "$m" "$LENGTHS32" generate
+  step_eval32-logprob
+  step_eval32-gen
   niah cpt32-passkey "$m" "$LENGTHS32" logprob "${PASSKEY[@]}" \
     --distractor-subject "blue door" --distractor-subject "green gate" --distractor-subject "back room" \
     --distractor-subject "old shed" --distractor-subject "side window"

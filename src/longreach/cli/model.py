@@ -60,20 +60,16 @@ def rope_plan(
     one's frequencies first fail the Men et al. condition (retrieval weakened beyond it in longreach's runs), how
     many of the model's frequencies it keeps, and the most it slows one (more moved: more perplexity lost)."""
     from longreach.model import rope
-    from longreach.model.load import _check_path, is_gguf, load_model
+    from longreach.model.load import load_config
 
-    path = _check_path(model)
-    if is_gguf(path):
-        config = load_model(path)[0].config
-    else:
-        from transformers import AutoConfig
-        config = AutoConfig.from_pretrained(path)
+    config = load_config(model)
     rows = rope.plan(config, target_len, factor)
     if json_out:
         print(json.dumps(rows, indent=2))
         return
+    p = rope.rope_parameters(config)
     print(f"RoPE plans for {target_len} tokens from {model} (window {config.max_position_embeddings}, "
-          f"{rope.rope_parameters(config)['rope_type']} base {float(rope.rope_parameters(config)['rope_theta']):.4g})")
+          f"{p['rope_type']} base {float(p['rope_theta']):.4g})")
     print("| longreach extend flags | B_m < 0 from | frequencies kept | most slowed | attention factor |")
     print("|---|---|---|---|---|")
     for r in rows:

@@ -54,9 +54,8 @@ def extend_checkpoint(model_path: str | Path, out_dir: str | Path, target_len: i
     model, tok = load_model(model_path, dtype=dtype)
     summary = rope.extend_model(model, scheme, target_len, base=base, factor=factor, dynamic=dynamic,
                                 attention_factor=attention_factor)
-    if query_log_scale is not None:
+    if query_log_scale is not None:  # a config field: the saved model gets it; this one is only saved
         logscale.configure(model.config, query_log_scale, query_log_floor)
-        logscale.install(model)
     summary["query_log_scale"] = logscale.settings(model.config)
     parent = Path(model_path) / "longreach.json"
     record = {"stage": "extend", **summary, "source": str(model_path),

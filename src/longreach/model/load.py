@@ -166,6 +166,19 @@ def load_model(path: str | Path, dtype=None, device: str = "cpu", attn_implement
     return model.to(device).eval(), tok
 
 
+def load_config(path: str | Path):
+    """The config of a Hugging Face folder or a .gguf file (a GGUF is de-quantized once, then read from the cache)."""
+    from transformers import AutoConfig
+
+    path = _check_path(path)
+    if is_gguf(path):
+        cached = gguf_cache_dir(path)
+        if cached is not None and (cached / "config.json").exists():
+            return AutoConfig.from_pretrained(cached)
+        return load_model(path)[0].config
+    return AutoConfig.from_pretrained(path)
+
+
 def write_config_for_use(folder: str | Path, config: Any) -> None:
     """Rewrite FOLDER/config.json as a user loads it: the KV cache on (training switches it off; a saved model
     is also for generation), no GGUF quantization block, and transformers-4 RoPE fields beside the new ones."""

@@ -19,8 +19,8 @@ context parallel): a scalar per position commutes with RoPE's rotation, so the h
 before RoPE, with the positions the layer is called with (the KV cache's decoding positions included).
 Models that normalize the q_proj output (q_norm: Qwen3, OLMo2, Gemma3) would undo the scale and are refused.
 With torch.compile and activation checkpointing, train/parallel.py lets the compiler keep the hook's one side
-effect (the positions handed to q_proj) out of the recomputation. Only longreach's loader applies it: a plain `AutoModelForCausalLM.from_pretrained` or another runtime (vLLM)
-ignores the key and runs the model without it.
+effect (the positions handed to q_proj) out of the recomputation. Only longreach's loader applies it: a plain
+`AutoModelForCausalLM.from_pretrained` or another runtime (vLLM) ignores the key and runs the model without it.
 """
 
 from __future__ import annotations
@@ -40,11 +40,6 @@ def factor(positions, floor: int, scale: float):
 
     p = positions.to(torch.float32)
     return 1.0 + scale * torch.log(torch.floor((p + 1.0) / floor) + 1.0)
-
-
-def factor_at(position: int, floor: int, scale: float) -> float:
-    """s(p) for one position (reports and summaries)."""
-    return 1.0 + scale * math.log((position + 1) // floor + 1)
 
 
 def settings(config) -> dict[str, Any] | None:

@@ -320,9 +320,9 @@ def apply_scheme(config, scheme: str, target_len: int, base: float | None = None
     old = rope_parameters(config)
     old_base, window, dim = float(old["rope_theta"]), int(config.max_position_embeddings), head_dim(config)
     current = window
-    rescale = scheme == "yarn" and old["rope_type"] == "yarn" and float(old.get("factor", 1.0)) > 1.0
+    rescale = scheme == "yarn" and _yarn_window(config) is not None
     if rescale:  # YaRN again (as the YaRN paper goes from s=16 to s=32): a new scale of the original window
-        window = int(old.get("original_max_position_embeddings") or window)
+        window = _yarn_window(config)
     if scheme != "theta" and old["rope_type"] != "default" and not rescale:
         raise InputError(f"the model already uses RoPE scaling {old['rope_type']!r}; schemes do not compose. "
                          "Use --scheme theta (keeps it and changes the base) or start from an unscaled model",
@@ -405,17 +405,22 @@ def apply_scheme(config, scheme: str, target_len: int, base: float | None = None
     return summary
 
 
+def _yarn_window(config) -> int | None:
+    """The original window of a YaRN-scaled model (factor > 1), which YaRN re-scales from; None otherwise."""
+    p = rope_parameters(config)
+    if p["rope_type"] != "yarn" or float(p.get("factor", 1.0)) <= 1.0:
+        return None
+    return int(p.get("original_max_position_embeddings") or config.max_position_embeddings)
+
+
 def plan(config, target_len: int, factors: list[float] | None = None) -> list[dict[str, Any]]:
     """Each candidate RoPE for `target_len` from `config` (left unchanged), before any training: the
     `longreach extend` flags, where its frequencies first fail the Men et al. condition (bound_reach; None:
     never before target_len), how many of the model's frequencies it leaves as they are, and the most it slows
-    one. Candidates: theta at the recommended base, PI, static NTK, YaRN and Llama 3.1 at each factor (default: target / window, x1.5 and x2 of it). docs/RESULTS.md session 9: failing the
-    condition marked where NIAH fell; moving more frequencies cost more long-range perplexity."""
-    window = int(config.max_position_embeddings)
-    old = rope_parameters(config)
-    if old["rope_type"] == "yarn" and float(old.get("factor", 1.0)) > 1.0:
-        window = int(old.get("original_max_position_embeddings") or window)  # YaRN re-scales from there
-    base_factor = target_len / window
+    one. Candidates: theta at the recommended base, PI, static NTK, YaRN and Llama 3.1 at each factor (default:
+    target / window, x1.5 and x2 of it). docs/RESULTS.md session 9: failing the condition marked where NIAH
+    fell; moving more frequencies cost more long-range perplexity."""
+    base_factor = target_len / (_yarn_window(config) or int(config.max_position_embeddings))
     factors = sorted(set(factors or [base_factor, 1.5 * base_factor, 2 * base_factor]))
     before = inv_freq(config, seq_len=target_len).double()
     recommended = recommended_base(int(target_len), head_dim(config), verbose=False)

@@ -73,6 +73,8 @@ def test_report_gathers_every_result(tmp_path):
     (niah,) = summary["niah"]
     assert niah["file"] == "niah/base/results.json" and niah["per_length"] == {"2000": 2 / 3, "4000": 0.5}
     assert niah["cells"][2] == [2000, 100.0, 0]
+    lo, hi = niah["mean_ci95"]  # stratified bootstrap: 2K draws from {1, 1, 0}, 4K from {0.5, 1, 0}
+    assert 0.0 < lo < niah["mean"] < hi < 1.0 and f"(95% interval {lo:.2f}-{hi:.2f}" in md
     assert summary["ppl"][0]["context"] is None
     assert summary["ppl"][0]["models"][1] == {"model": "extended", "path": None, "ppl": 8.1,
                                               "buckets": [[0, 512, 7.39 * 0.9], [512, 1024, 12.18 * 0.9]]}

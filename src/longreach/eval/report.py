@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from longreach.errors import InputError
+from longreach.eval.compare import cells_of, mean_interval
 from longreach.eval.niah import per_length
 from longreach.eval.plots import niah_heatmap, ppl_curves, probe_lines, ratio_lines, short_tokens
 
@@ -117,7 +118,7 @@ def collect(run_dir: Path, skip: Path | None = None) -> dict[str, list[tuple[str
             found["train"].append((rel, train_summary(items)))
             continue
         for item in items:
-            if isinstance(item, dict) and isinstance(item.get("cells"), list) and "mean" in item:
+            if isinstance(item, dict) and "mean" in item and cells_of(item) is not None:
                 found["niah"].append((rel, item))
             elif isinstance(item, dict) and isinstance(item.get("models"), list) and all(
                     isinstance(m, dict) and "curve" in m for m in item["models"]):
@@ -156,9 +157,12 @@ def blocks(run_dir: Path, out: Path, found: dict[str, list[tuple[str, Any]]] | N
             niah_heatmap(r, out / png)
             lengths = sorted({c["length"] for c in r["cells"]})
             depths = sorted({c["depth"] for c in r["cells"]})
-            score = {(c["length"], c["depth"]): float(c["score"]) for c in r["cells"]}
+            score = cells_of(r)
+            lo, hi = mean_interval(score)
             page += [("h3", f"{rel}: {r.get('model', '')}"),
-                     ("p", f"mode {r.get('mode', '?')}, chat {r.get('chat', '?')}, mean score {_fmt(r['mean'])}"),
+                     ("p", (f"mode {r.get('mode', '?')}, chat {r.get('chat', '?')}, mean score {_fmt(r['mean'])} "
+                            f"(95% interval {lo:.2f}-{hi:.2f}: depths redrawn within each length; `longreach eval "
+                            "compare` tells two results apart)")),
                      ("img", png, f"NIAH heatmap of {rel}"),
                      ("table", ["depth % \\ length"] + [short_tokens(n) for n in lengths],
                       [[f"{d:g}"] + [_fmt(score.get((n, d))) for n in lengths] for d in depths]
@@ -270,6 +274,7 @@ def summary(found: dict[str, list[tuple[str, Any]]], meta: dict[str, str] | None
     """The numbers of the page as one JSON object: NIAH means per length and the cells, perplexity overall and
     per position bucket, training summaries, benchmark scores."""
     niah = [{"file": rel, "model": r.get("model"), "mode": r.get("mode"), "mean": r["mean"],
+             "mean_ci95": mean_interval(cells_of(r)),
              "per_length": {str(n): v for n, v in per_length(r).items()}, "seconds": r.get("seconds"),
              "cells": [[c["length"], c["depth"], c["score"]] for c in r["cells"]]}
             for rel, r in found["niah"]]

@@ -1,0 +1,165 @@
+"""Is one NIAH result better than another, or inside the grid's noise? A paired comparison on the shared cells.
+
+    longreach eval compare runs/a/niah/results.json runs/b/niah/results.json
+    longreach eval compare docs/data/x.json:llama6 docs/data/y.json:replay_plain --from-length 32000
+
+A grid of 9 lengths x 10 depths with one prompt per cell scores each cell 0 or 1 (or a fraction): its mean moves
+by several hundredths between runs that differ in nothing that matters. Two ways to tell:
+- a 95% interval for each mean and for the paired difference, by a bootstrap stratified by length (the depths
+  of each length are redrawn with replacement, the lengths stay as designed, so a grid that is all 1.00 up to
+  16K adds no spurious noise there);
+- an exact two-sided sign test on the cells that differ (ties dropped): the chance of a split at least this
+  uneven if neither model were better.
+
+A result is any JSON object with "cells" (a list of {"length", "depth", "score"} or [length, depth, score]): an
+`eval niah` results.json, or one found inside a `longreach report` summary.json or a hand-written docs/data file.
+`FILE:NAME` picks the one whose label (a summary entry's "file", or the dotted key path) contains NAME.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from longreach.errors import InputError
+
+Cells = dict[tuple[int, float], float]  # (length, depth) -> score
+
+
+def cells_of(obj: dict[str, Any]) -> Cells | None:
+    """The (length, depth) -> score map of a result object, or None if it is not one."""
+    raw = obj.get("cells")
+    if not isinstance(raw, list) or not raw:
+        return None
+    out: Cells = {}
+    for c in raw:
+        if isinstance(c, dict) and {"length", "depth", "score"} <= set(c):
+            key, score = (int(c["length"]), float(c["depth"])), float(c["score"])
+        elif isinstance(c, list) and len(c) == 3:
+            key, score = (int(c[0]), float(c[1])), float(c[2])
+        else:
+            return None
+        out[key] = score
+    return out
+
+
+def find_results(data: Any, label: str = "") -> list[tuple[str, Cells]]:
+    """Every NIAH result inside a JSON value, with a label: a summary entry's "file", else its dotted key path."""
+    found: list[tuple[str, Cells]] = []
+    if isinstance(data, dict):
+        cells = cells_of(data)
+        if cells is not None:
+            return [(str(data.get("file") or label or "result"), cells)]
+        for k, v in data.items():
+            found += find_results(v, f"{label}.{k}" if label else str(k))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            found += find_results(v, f"{label}[{i}]")
+    return found
+
+
+def load(spec: str) -> tuple[str, Cells]:
+    """One result from `FILE` (it must hold exactly one) or `FILE:NAME` (the one whose label contains NAME)."""
+    path, name = Path(spec), None
+    if not path.is_file() and ":" in spec:
+        head, _, name = spec.rpartition(":")
+        path = Path(head)
+    if not path.is_file():
+        raise InputError("no such file", path=str(path))
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"not JSON: {e.msg}", path=str(path), line=e.lineno) from None
+    results = find_results(data)
+    if not results:
+        raise InputError("no NIAH result in it (an object with \"cells\")", path=str(path))
+    picked = [r for r in results if name is None or name in r[0]]
+    if len(picked) != 1:
+        labels = ", ".join(label for label, _ in results)
+        what = f"none matches {name!r}" if not picked else f"{len(picked)} match {name!r}" if name else \
+            f"{len(picked)} results"
+        raise InputError(f"{what}; pick one with FILE:NAME, NAME a part of one of: {labels}", path=str(path))
+    return f"{path.name}:{picked[0][0]}", picked[0][1]
+
+
+def _strata(keys: list[tuple[int, float]], lo: int, hi: int | None) -> dict[int, list[tuple[int, float]]]:
+    by: dict[int, list[tuple[int, float]]] = {}
+    for k in sorted(keys):
+        if k[0] >= lo and (hi is None or k[0] <= hi):
+            by.setdefault(k[0], []).append(k)
+    return by
+
+
+def bootstrap_interval(values: dict[int, np.ndarray], draws: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of the mean over all values, each length's values redrawn with replacement (stratified)."""
+    rng = np.random.default_rng(seed)
+    total = sum(len(v) for v in values.values())
+    sums = np.zeros(draws)
+    for v in values.values():
+        sums += v[rng.integers(0, len(v), size=(draws, len(v)))].sum(axis=1)
+    lo, hi = np.quantile(sums / total, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Exact two-sided sign test: P(a split at least this uneven | each differing cell a fair coin)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def compare(a: Cells, b: Cells, from_length: int = 0, to_length: int | None = None, draws: int = 10_000,
+            seed: int = 0) -> dict[str, Any]:
+    """Means, 95% intervals, the paired difference (a - b) and the sign test over the cells both share."""
+    strata = _strata([k for k in a if k in b], from_length, to_length)
+    if not strata:
+        raise InputError("the two results share no (length, depth) cell in the range asked",
+                         field="--from-length/--to-length")
+
+    def side(cells: Cells) -> dict[int, np.ndarray]:
+        return {n: np.array([cells[k] for k in ks]) for n, ks in strata.items()}
+
+    va, vb = side(a), side(b)
+    diff = {n: va[n] - vb[n] for n in strata}
+    n_cells = sum(len(ks) for ks in strata.values())
+
+    def mean(v: dict[int, np.ndarray]) -> float:
+        return float(sum(x.sum() for x in v.values()) / n_cells)
+
+    wins = int(sum((d > 0).sum() for d in diff.values()))
+    losses = int(sum((d < 0).sum() for d in diff.values()))
+    per_length = [{"length": n, "cells": len(strata[n]), "a": float(va[n].mean()), "b": float(vb[n].mean()),
+                   "a_better": int((diff[n] > 0).sum()), "b_better": int((diff[n] < 0).sum())} for n in strata]
+    return {"cells": n_cells, "lengths": list(strata), "a_mean": mean(va), "b_mean": mean(vb),
+            "a_ci95": bootstrap_interval(va, draws, seed), "b_ci95": bootstrap_interval(vb, draws, seed),
+            "difference": mean(diff), "difference_ci95": bootstrap_interval(diff, draws, seed),
+            "a_better": wins, "b_better": losses, "sign_test_p": sign_test(wins, losses),
+            "per_length": per_length, "draws": draws, "seed": seed}
+
+
+def mean_interval(cells: Cells, draws: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of one result's mean (stratified bootstrap over its cells)."""
+    strata = _strata(list(cells), 0, None)
+    return bootstrap_interval({n: np.array([cells[k] for k in ks]) for n, ks in strata.items()}, draws, seed)
+
+
+def to_markdown(label_a: str, label_b: str, r: dict[str, Any]) -> str:
+    """The comparison as a short Markdown page: the verdict line, then one row per length."""
+    def ci(x: tuple[float, float]) -> str:
+        return f"[{x[0]:.2f}, {x[1]:.2f}]"
+
+    verdict = (f"{r['cells']} shared cells at {len(r['lengths'])} lengths: A {r['a_mean']:.3f} {ci(r['a_ci95'])}, "
+               f"B {r['b_mean']:.3f} {ci(r['b_ci95'])}; A - B {r['difference']:+.3f} {ci(r['difference_ci95'])} "
+               f"(95%, depths redrawn within each length, {r['draws']} draws); cells A better {r['a_better']}, "
+               f"B better {r['b_better']}, sign test p = {r['sign_test_p']:.3g}")
+    lines = [f"A: {label_a}", f"B: {label_b}", "", verdict, "",
+             "| length | cells | A | B | A better | B better |", "|---|---|---|---|---|---|"]
+    lines += [f"| {p['length']} | {p['cells']} | {p['a']:.2f} | {p['b']:.2f} | {p['a_better']} | {p['b_better']} |"
+              for p in r["per_length"]]
+    return "\n".join(lines) + "\n"

@@ -29,11 +29,12 @@
 # CPT128_SET: more `--set` for the 128K continued pretraining (e.g. "--set max_steps=90", session 6).
 # ATTN_FACTORS="1.1 1.2": each final SFT model is also evaluated (NIAH) with sharper attention, by `longreach
 # extend --attention-factor F` on it (a config change: RoPE's cos/sin x F, attention logits x F^2; no training).
-# CPT128_VARIANTS="NAME[:PREPARE_ARGS[:EXTEND_ARGS]];...": several 128K continued pretrainings side by side,
-# variant i on GPU i (one GPU each, no context parallel; at most NGPU variants), each on the corpus packed with
-# its own `data prepare` flags and from the 32K model extended with its own `longreach extend` flags (the
-# ablations: "sep;boseos:--sep-mode bos_eos", "bound;x300::--base 3e7", "theta;yarn::--scheme yarn",
-# "t1;t12::--attention-factor 1.2"); every SFT recipe then trains from every variant, on that variant's GPU.
+# CPT128_VARIANTS="NAME[:PREPARE_ARGS[:EXTEND_ARGS[:TRAIN_ARGS]]];...": several 128K continued pretrainings side
+# by side, variant i on GPU i (one GPU each, no context parallel; at most NGPU variants), each on the corpus packed
+# with its own `data prepare` flags, from the 32K model extended with its own `longreach extend` flags, and
+# trained with its own `--set` flags after CPT128_SET's (the ablations: "sep;boseos:--sep-mode bos_eos",
+# "bound;x300::--base 3e7", "theta;yarn::--scheme yarn", "t1;t12::--attention-factor 1.2"; a replicate with
+# another data order: "bound1:::--set seed=1"); every SFT recipe then trains from every variant, on its GPU.
 # Outputs carry "-NAME" (smollm2-128k-base-NAME, cpt-128k-NAME, RECIPE-NAME, ...).
 # Measured: session 4 (one H200): SFT_RECIPES=configs/smollm2-135m-128k-sft.yaml:106 SFT_STOP=81 SFT_HALF=54;
 # session 5 (2 x H200): NGPU=2 SFT_DEADLINE_S=1080 SFT_RECIPES="configs/smollm2-135m-128k-sft-replay.yaml:118
@@ -194,7 +195,7 @@ if [ $((ga % NGPU)) -ne 0 ]; then
   echo "grad_accum $ga of configs/smollm2-135m-32k.yaml is not divisible by NGPU=$NGPU" >&2; exit 2
 fi
 suffix() { local v=${1%%:*}; echo "${v:+-$v}"; }  # VARIANT: "-NAME" of its outputs ("" for the unnamed one)
-field() {  # VARIANT N: its N-th ":" field (1: prepare flags, 2: extend flags)
+field() {  # VARIANT N: its N-th ":" field (1: prepare flags, 2: extend flags, 3: train flags)
   local rest=${1#"${1%%:*}"} k; rest=${rest#:}
   for ((k = 1; k < $2; k++)); do [[ $rest == *:* ]] && rest=${rest#*:} || rest=; done
   echo "${rest%%:*}"
@@ -241,9 +242,10 @@ variant() {  # INDEX VARIANT: its 128K continued pretraining, then every SFT rec
   EXTEND128_ARGS=$(field "$2" 2) OUT=$O/gpu$x bash $P extend128 >> "$O/gpu$x.txt" 2>&1
   until [ -e "$O/.prepare128$x" ]; do sleep 5; done
   if [ ${#VARIANTS[@]} -eq 1 ]; then
-    multi train128 "--set context_parallel=$NGPU ${CPT128_SET:-}"  # e.g. CPT128_SET="--set max_steps=120"
+    multi train128 "--set context_parallel=$NGPU ${CPT128_SET:-} $(field "$2" 3)"  # e.g. "--set max_steps=120"
   else
-    CUDA_VISIBLE_DEVICES=$g TRAIN_SET="${CPT128_SET:-}" OUT=$O/gpu$x bash $P train128 >> "$O/gpu$x.txt" 2>&1
+    CUDA_VISIBLE_DEVICES=$g TRAIN_SET="${CPT128_SET:-} $(field "$2" 3)" OUT=$O/gpu$x bash $P train128 \
+      >> "$O/gpu$x.txt" 2>&1
   fi
   for r in $RECIPES; do  # one variant: recipe j on GPU j mod NGPU; several: all on the variant's own GPU, which
     # the other variants' training does not use

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 
 import pytest
 
@@ -210,3 +211,51 @@ def test_generate_runs_resume_across_logprob_only_settings(tmp_path):
                              if not x.startswith("distractors_in_context")))
     with pytest.raises(InputError, match="distractors_in_context"):
         niah.run(niah.NiahConfig(**lp), backend=tiny_backend())
+
+
+def test_trials_read_the_haystack_from_seeded_paragraphs(essays):
+    text = niah.read_haystack(essays)
+    assert niah.haystack_start(text, 0, 0) == 0  # trial 0: the classic grid
+    starts = [niah.haystack_start(text, 0, t) for t in range(1, 6)]
+    assert starts == [niah.haystack_start(text, 0, t) for t in range(1, 6)]  # seeded
+    assert len(set(starts)) >= 4 and starts != [niah.haystack_start(text, 1, t) for t in range(1, 6)]
+    for at in starts:
+        assert 0 < at < len(text) and re.search(r"\n\s*\n\s*$", text[:at]) and not text[at].isspace()
+    b = tiny_backend()
+    hay = niah.Haystack(b, text, 500, True, start=starts[0])
+    first = text[starts[0]:].split("\n")[0]
+    assert b.tokenizer.decode(hay.ids[:200]).startswith(first[:40])  # read from that paragraph on
+    for length in (300, 500):  # still exactly the asked length, the needle once
+        prompt = hay.build(length, 50.0, niah.DEFAULT_NEEDLE, niah.DEFAULT_QUESTION, None)
+        assert b.count_tokens(prompt) == length and render(b.tokenizer, prompt).count(niah.DEFAULT_NEEDLE) == 1
+
+
+def test_run_with_trials_gives_each_trial_its_own_haystack(tmp_path, essays):
+    seen: list[str] = []
+
+    class Recording(type(tiny_backend())):
+        def generate(self, prompts, *a, **k):
+            seen.extend(render(self.tokenizer, p) for p in prompts)
+            return super().generate(prompts, *a, **k)
+
+    b = tiny_backend()
+    rec = Recording(b.model, b.tokenizer, device="cpu", batch_size=4)
+    one = niah.run(niah.NiahConfig(model="tiny", lengths=[300], depths=[50], out=str(tmp_path / "a"),
+                                   max_new_tokens=4, haystack=essays), backend=rec)
+    single = list(seen)
+    seen.clear()
+    three = niah.run(niah.NiahConfig(model="tiny", lengths=[300], depths=[50], trials=3, out=str(tmp_path / "b"),
+                                     max_new_tokens=4, haystack=essays), backend=rec)
+    assert len(single) == 1 and len(seen) == 3 and seen[0] == single[0]  # trial 0 is the one-trial prompt
+    assert len(set(seen)) == 3 and all(niah.DEFAULT_NEEDLE in p for p in seen)
+    assert one["haystack_starts"] == [0] and three["haystack_starts"][0] == 0 and len(set(three["haystack_starts"])) == 3
+    seen.clear()
+    niah.run(niah.NiahConfig(model="tiny", lengths=[300], depths=[50], trials=2, rotate_haystack=False,
+                             out=str(tmp_path / "c"), max_new_tokens=4, haystack=essays), backend=rec)
+    assert seen == [single[0]] * 2  # without rotation a text needle asks the same prompt twice
+    # a folder from before the field existed (trials read the haystack from its start) is not resumed with it
+    saved = (tmp_path / "b" / "config.yaml")
+    saved.write_text("\n".join(x for x in saved.read_text().splitlines() if not x.startswith("rotate_haystack")))
+    with pytest.raises(InputError, match="rotate_haystack"):
+        niah.run(niah.NiahConfig(model="tiny", lengths=[300], depths=[50], trials=3, out=str(tmp_path / "b"),
+                                 max_new_tokens=4, haystack=essays), backend=rec)

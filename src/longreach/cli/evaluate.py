@@ -39,7 +39,10 @@ def niah(
     chat: bool | None = typer.Option(None, "--chat/--no-chat", help="chat template (default: when it has one)"),
     base_url: str | None = typer.Option(None, help="OpenAI-compatible server instead of a local model"),
     served_model: str | None = typer.Option(None, help="model id on the server (default: its first)"),
-    trials: int = typer.Option(1, help="prompts per cell (random pass keys differ per trial)"),
+    trials: int = typer.Option(1, help="prompts per cell: each trial its own pass key and, unless "
+                                       "--no-rotate-haystack, its own haystack start (a seeded paragraph)"),
+    rotate_haystack: bool = typer.Option(True, "--rotate-haystack/--no-rotate-haystack",
+                                         help="trials after the first read the haystack from a seeded paragraph"),
     distractor: Annotated[list[str] | None, typer.Option(help="logprob mode: a wrong answer (repeatable)")] = None,
     subject: str | None = typer.Option(None, help="logprob: words of needle and question naming what is asked"),
     distractor_subject: Annotated[list[str] | None, typer.Option(
@@ -50,7 +53,7 @@ def niah(
     key_digits: int = typer.Option(5, help="digits of random pass keys"),
     max_new_tokens: int = typer.Option(64, help="generation budget per answer"),
     batch_size: int = typer.Option(4, help="prompts per backend call"),
-    seed: int = typer.Option(0, help="seed of the pass keys"),
+    seed: int = typer.Option(0, help="seed of the pass keys and the haystack starts"),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="keep cells already in OUT/predictions.jsonl"),
 ) -> None:
     """Needle in a haystack over lengths x depths. Prints results.json's summary as JSON."""
@@ -58,7 +61,8 @@ def niah(
 
     cfg = NiahConfig(model=model, haystack=haystack, lengths=_numbers(lengths, int, "lengths"),
                      depths=_numbers(depths, float, "depths"), out=out, mode=mode, chat=chat, base_url=base_url,
-                     served_model=served_model, trials=trials, key_digits=key_digits,
+                     served_model=served_model, trials=trials, rotate_haystack=rotate_haystack,
+                     key_digits=key_digits,
                      max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, resume=resume,
                      distractors_in_context=distractors_in_context)
     for name, value in (("needle", needle), ("question", question), ("answer", answer), ("subject", subject)):

@@ -10,6 +10,12 @@ nearest preceding period (a sentence boundary); D = 100 puts it at the very end.
 tokens at the cut so that no cut gives exactly L, the haystack starts a few tokens later; if even that
 fails, the prompt is the longest under L. Each record keeps its prompt_tokens.)
 
+Trials: with `trials` T > 1 a cell is T prompts and scores their mean. Trial 0 reads the haystack from its
+start (so T = 1 is the classic grid); trial t > 0 from a seeded paragraph start, wrapping around to the
+beginning (`rotate_haystack`, the starts are in results.json), so the trials are independent samples of the
+text around the needle and `longreach eval compare` gets narrower intervals. Without it, only a "{key}" needle
+varies between trials.
+
 Scoring (written down because the acceptance numbers depend on it):
 - generate: greedy answer. A digits answer (a pass key) scores 1 if the first run of digits in the output
   equals it, else 0. A text answer scores the fraction of its key words (lower-cased words minus a short
@@ -87,7 +93,8 @@ class NiahConfig:
     chat: bool | None = None  # None: use the chat template when the tokenizer has one
     base_url: str | None = None  # an OpenAI-compatible server instead of a local model
     served_model: str | None = None  # the server's model id; None: the first one it lists
-    trials: int = 1  # prompts per cell (useful with random pass keys); a cell scores their mean
+    trials: int = 1  # prompts per cell; a cell scores their mean (each trial its own haystack and pass key)
+    rotate_haystack: bool = True  # trial t > 0 starts the haystack at a seeded paragraph (trial 0 at the start)
     max_new_tokens: int = 64  # room for a short sentence that restates the answer
     distractors: list[str] = field(default_factory=lambda: list(DEFAULT_DISTRACTORS))  # logprob, text answers
     distractors_digits: int = 5  # logprob, pass keys: this many random keys compete with the answer
@@ -95,7 +102,7 @@ class NiahConfig:
     subject: str = DEFAULT_SUBJECT  # in the needle and the question; distractor needles swap it out
     distractor_subjects: list[str] = field(default_factory=lambda: list(DEFAULT_DISTRACTOR_SUBJECTS))
     key_digits: int = 5  # length of random pass keys
-    seed: int = 0  # pass keys come from (seed, length, depth, trial)
+    seed: int = 0  # pass keys come from (seed, length, depth, trial), haystack starts from (seed, trial)
     batch_size: int = 4  # prompts per backend call (long prompts are still prefilled one at a time)
     dtype: str | None = None  # None: bfloat16 on GPU, float32 on CPU
     device: str | None = None  # None: cuda when available
@@ -195,11 +202,23 @@ def distractor_depths(n: int, depth: float, rng: random.Random, gap: float = 5.0
     return out
 
 
-class Haystack:
-    """Builds each cell's prompt to an exact token length."""
+def haystack_start(text: str, seed: int, trial: int) -> int:
+    """Where trial `trial` starts reading the haystack: 0 for the first, else a seeded paragraph start. One
+    prompt per cell is one sample of the haystack; with a start per trial, trials are independent samples."""
+    starts = [m.end() for m in re.finditer(r"\n\s*\n\s*", text) if m.end() < len(text)]  # first character
+    if trial == 0 or not starts:
+        return 0
+    return random.Random(f"{seed}-haystack-{trial}").choice(starts)
 
-    def __init__(self, backend: Any, text: str, max_length: int, chat: bool):
+
+class Haystack:
+    """Builds each cell's prompt to an exact token length; `start`: the text is read from this character
+    on, wrapping around to its beginning."""
+
+    def __init__(self, backend: Any, text: str, max_length: int, chat: bool, start: int = 0):
         self.backend, self.tok, self.chat = backend, backend.tokenizer, chat
+        if start:
+            text = text[start:].rstrip() + "\n\n" + text[:start].strip()
         ids = list(self.tok(text, add_special_tokens=False)["input_ids"])
         if len(ids) < max_length:  # repeat the essays until they cover the longest cell
             reps = max_length // max(1, len(ids)) + 1
@@ -375,6 +394,8 @@ def _check_resume(cfg: NiahConfig, out: Path) -> None:
     old = config_io.load(NiahConfig, saved)
     if "distractors_in_context" not in saved.read_text():
         old.distractors_in_context = False  # saved before the field existed: the lenient form
+    if "rotate_haystack" not in saved.read_text():
+        old.rotate_haystack = False  # saved before the field existed: every trial read the haystack from its start
     ignore = {"out", "resume", "batch_size", "device", "base_url", "served_model"}
     if cfg.mode == "generate" and old.mode == "generate":
         ignore |= LOGPROB_ONLY
@@ -403,14 +424,19 @@ def run(cfg: NiahConfig, backend: Any = None) -> dict[str, Any]:
     resolved = NiahConfig(**{**config_io.to_dict(cfg), "chat": chat})
     _check_resume(resolved, out)
     config_io.dump(resolved, out / "config.yaml")
-    hay = Haystack(backend, read_haystack(cfg.haystack), max(cfg.lengths), chat)
+    text = read_haystack(cfg.haystack)
+    starts = [haystack_start(text, cfg.seed, t) if cfg.rotate_haystack else 0 for t in range(cfg.trials)]
+    hays: dict[int, Haystack] = {}  # one per start, tokenized when its first prompt is built
 
     def build_prompt(ex: dict[str, Any]) -> Any:
         prefix = lead_in(ex["needle"], ex["answer"])
         if cfg.mode == "generate" and chat:
             prefix = None  # a chat model answers in its own words
         others = [(n, d) for n, d in ex.get("distractor_needles", [])]
-        return hay.build(ex["length"], ex["depth"], ex["needle"], ex["question"], prefix, others)
+        at = starts[ex["trial"]]
+        if at not in hays:
+            hays[at] = Haystack(backend, text, max(cfg.lengths), chat, start=at)
+        return hays[at].build(ex["length"], ex["depth"], ex["needle"], ex["question"], prefix, others)
 
     def score(ex: dict[str, Any], pred: Any) -> dict[str, Any]:
         s = answer_score(pred, ex["answer"]) if cfg.mode == "generate" else None
@@ -433,7 +459,8 @@ def run(cfg: NiahConfig, backend: Any = None) -> dict[str, Any]:
             got = [r["score"] for r in records if r["length"] == length and r["depth"] == float(depth)]
             cells.append({"length": int(length), "depth": float(depth), "score": sum(got) / len(got)})
     results = {"model": cfg.model, "cells": cells, "mean": sum(c["score"] for c in cells) / len(cells),
-               "mode": cfg.mode, "chat": chat, "trials": cfg.trials, "needle": cfg.needle,
+               "mode": cfg.mode, "chat": chat, "trials": cfg.trials, "haystack_starts": starts,
+               "needle": cfg.needle,
                "distractors_in_context": cfg.mode == "logprob" and cfg.distractors_in_context,
                "question": cfg.question, "answer": cfg.answer, "seconds": round(time.time() - start, 1)}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

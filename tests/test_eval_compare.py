@@ -77,6 +77,19 @@ def test_load_finds_results_in_summaries_and_hand_written_files():
         load("/nonexistent/results.json")
 
 
+def test_an_exact_label_wins_over_labels_that_contain_it(tmp_path):
+    f = tmp_path / "two.json"
+    cells = lambda s: [[1000, 0.0, s], [1000, 50.0, s]]
+    f.write_text(json.dumps({"af-1.1": {"cells": cells(1.0)}, "af-1.15": {"cells": cells(0.0)}}))
+    assert load(f"{f}:af-1.1")[1] == {(1000, 0.0): 1.0, (1000, 50.0): 1.0}
+    assert load(f"{f}:af-1.15")[1][(1000, 0.0)] == 0.0
+    with pytest.raises(InputError, match="2 match 'af-1'"):
+        load(f"{f}:af-1")
+    with pytest.raises(InputError, match="read as FILE:NAME") as e:
+        load(f"{tmp_path / 'nope.json'}:af")
+    assert e.value.path.endswith("nope.json:af")
+
+
 def test_load_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"cells": [1, 2,\n oops]}')
@@ -84,9 +97,10 @@ def test_load_errors_name_the_file(tmp_path):
         load(str(bad))
     assert e.value.path == str(bad) and e.value.line == 2
     other = tmp_path / "other.json"
-    other.write_text(json.dumps({"cells": [{"length": 1}], "mean": 0.5}))  # cells without scores: not NIAH
-    with pytest.raises(InputError, match="no NIAH result"):
-        load(str(other))
+    for cells in ([{"length": 1}], [[1000, 0, None]], [[1000, 0, "x"]], [[1000, 0, 1.0], [1000, 0, 0.0]]):
+        other.write_text(json.dumps({"cells": cells, "mean": 0.5}))  # no score, not a number, a cell twice
+        with pytest.raises(InputError, match="no NIAH result"):
+            load(str(other))
 
 
 def test_mean_interval_of_a_real_result_holds_its_mean():

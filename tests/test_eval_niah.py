@@ -218,7 +218,7 @@ def test_trials_read_the_haystack_from_seeded_paragraphs(essays):
     assert niah.haystack_start(text, 0, 0) == 0  # trial 0: the classic grid
     starts = [niah.haystack_start(text, 0, t) for t in range(1, 6)]
     assert starts == [niah.haystack_start(text, 0, t) for t in range(1, 6)]  # seeded
-    assert len(set(starts)) >= 4 and starts != [niah.haystack_start(text, 1, t) for t in range(1, 6)]
+    assert len(set(starts)) == 5 and starts != [niah.haystack_start(text, 1, t) for t in range(1, 6)]
     for at in starts:
         assert 0 < at < len(text) and re.search(r"\n\s*\n\s*$", text[:at]) and not text[at].isspace()
     b = tiny_backend()
@@ -253,9 +253,16 @@ def test_run_with_trials_gives_each_trial_its_own_haystack(tmp_path, essays):
     niah.run(niah.NiahConfig(model="tiny", lengths=[300], depths=[50], trials=2, rotate_haystack=False,
                              out=str(tmp_path / "c"), max_new_tokens=4, haystack=essays), backend=rec)
     assert seen == [single[0]] * 2  # without rotation a text needle asks the same prompt twice
-    # a folder from before the field existed (trials read the haystack from its start) is not resumed with it
-    saved = (tmp_path / "b" / "config.yaml")
-    saved.write_text("\n".join(x for x in saved.read_text().splitlines() if not x.startswith("rotate_haystack")))
-    with pytest.raises(InputError, match="rotate_haystack"):
-        niah.run(niah.NiahConfig(model="tiny", lengths=[300], depths=[50], trials=3, out=str(tmp_path / "b"),
-                                 max_new_tokens=4, haystack=essays), backend=rec)
+    # a folder from before the field existed (trials read the haystack from its start) is not resumed with it,
+    # unless it ran one trial per cell (the same prompts either way)
+    for folder, trials in (("b", 3), ("a", 1)):
+        saved = tmp_path / folder / "config.yaml"
+        saved.write_text("\n".join(x for x in saved.read_text().splitlines() if not x.startswith("rotate_haystack")))
+        cfg = niah.NiahConfig(model="tiny", lengths=[300], depths=[50], trials=trials, out=str(tmp_path / folder),
+                              max_new_tokens=4, haystack=essays)
+        if trials > 1:
+            with pytest.raises(InputError, match="rotate_haystack"):
+                niah.run(cfg, backend=rec)
+        else:
+            seen.clear()
+            assert niah.run(cfg, backend=rec)["cells"] == one["cells"] and not seen  # resumed: nothing asked

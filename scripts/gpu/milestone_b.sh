@@ -195,10 +195,11 @@ if [ $((ga % NGPU)) -ne 0 ]; then
   echo "grad_accum $ga of configs/smollm2-135m-32k.yaml is not divisible by NGPU=$NGPU" >&2; exit 2
 fi
 suffix() { local v=${1%%:*}; echo "${v:+-$v}"; }  # VARIANT: "-NAME" of its outputs ("" for the unnamed one)
-field() {  # VARIANT N: its N-th ":" field (1: prepare flags, 2: extend flags, 3: train flags)
+field() {  # VARIANT N: its N-th ":" field (1: prepare flags, 2: extend flags, 3: train flags, the rest of the
+  # entry: it may hold ":" itself, e.g. a path)
   local rest=${1#"${1%%:*}"} k; rest=${rest#:}
   for ((k = 1; k < $2; k++)); do [[ $rest == *:* ]] && rest=${rest#*:} || rest=; done
-  echo "${rest%%:*}"
+  if [ "$2" -ge 3 ]; then echo "$rest"; else echo "${rest%%:*}"; fi
 }
 rm -f "$O"/.prepare128* "$O/.done"  # markers of an earlier run
 for e in "${VARIANTS[@]}"; do  # the corpus packed at 128K, once per variant (CPU only, beside the 32K stage)

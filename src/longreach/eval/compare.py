@@ -10,10 +10,13 @@ by several hundredths between runs that differ in nothing that matters. Two ways
   16K adds no spurious noise there);
 - an exact two-sided sign test on the cells that differ (ties dropped): the chance of a split at least this
   uneven if neither model were better.
+The lengths are treated as fixed: a length with one depth, or with every depth scoring the same, adds no width,
+and with few depths per length the percentile interval runs somewhat narrow (about sqrt((n-1)/n)); the sign test
+makes no such assumption, so read the two together.
 
 A result is any JSON object with "cells" (a list of {"length", "depth", "score"} or [length, depth, score]): an
 `eval niah` results.json, or one found inside a `longreach report` summary.json or a hand-written docs/data file.
-`FILE:NAME` picks the one whose label (a summary entry's "file", or the dotted key path) contains NAME.
+`FILE:NAME` picks the one whose label (a summary entry's "file", or the dotted key path) is NAME, or else contains it.
 """
 
 from __future__ import annotations
@@ -37,11 +40,16 @@ def cells_of(obj: dict[str, Any]) -> Cells | None:
         return None
     out: Cells = {}
     for c in raw:
-        if isinstance(c, dict) and {"length", "depth", "score"} <= set(c):
-            key, score = (int(c["length"]), float(c["depth"])), float(c["score"])
-        elif isinstance(c, list) and len(c) == 3:
-            key, score = (int(c[0]), float(c[1])), float(c[2])
-        else:
+        try:
+            if isinstance(c, dict) and {"length", "depth", "score"} <= set(c):
+                key, score = (int(c["length"]), float(c["depth"])), float(c["score"])
+            elif isinstance(c, list) and len(c) == 3:
+                key, score = (int(c[0]), float(c[1])), float(c[2])
+            else:
+                return None
+        except (TypeError, ValueError):  # a score of null or text: not a NIAH result
+            return None
+        if key in out:  # one score per cell (trials are averaged into it)
             return None
         out[key] = score
     return out
@@ -69,7 +77,8 @@ def load(spec: str) -> tuple[str, Cells]:
         head, _, name = spec.rpartition(":")
         path = Path(head)
     if not path.is_file():
-        raise InputError("no such file", path=str(path))
+        raise InputError("no such file" + (f" (read as FILE:NAME, FILE {str(path)!r})" if name is not None else ""),
+                         path=spec)
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -77,7 +86,7 @@ def load(spec: str) -> tuple[str, Cells]:
     results = find_results(data)
     if not results:
         raise InputError("no NIAH result in it (an object with \"cells\")", path=str(path))
-    picked = [r for r in results if name is None or name in r[0]]
+    picked = [r for r in results if name is None or name == r[0]] or [r for r in results if name in r[0]]
     if len(picked) != 1:
         labels = ", ".join(label for label, _ in results)
         what = f"none matches {name!r}" if not picked else f"{len(picked)} match {name!r}" if name else \

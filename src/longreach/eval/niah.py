@@ -203,12 +203,14 @@ def distractor_depths(n: int, depth: float, rng: random.Random, gap: float = 5.0
 
 
 def haystack_start(text: str, seed: int, trial: int) -> int:
-    """Where trial `trial` starts reading the haystack: 0 for the first, else a seeded paragraph start. One
-    prompt per cell is one sample of the haystack; with a start per trial, trials are independent samples."""
+    """Where trial `trial` starts reading the haystack: 0 for the first, else a paragraph start, trial t taking
+    the t-th of the paragraphs in a seeded order (no two trials share one until they run out). One prompt per
+    cell is one sample of the haystack; with a start per trial, trials are independent samples."""
     starts = [m.end() for m in re.finditer(r"\n\s*\n\s*", text) if m.end() < len(text)]  # first character
     if trial == 0 or not starts:
         return 0
-    return random.Random(f"{seed}-haystack-{trial}").choice(starts)
+    random.Random(f"{seed}-haystack").shuffle(starts)
+    return starts[(trial - 1) % len(starts)]
 
 
 class Haystack:
@@ -397,6 +399,8 @@ def _check_resume(cfg: NiahConfig, out: Path) -> None:
     if "rotate_haystack" not in saved.read_text():
         old.rotate_haystack = False  # saved before the field existed: every trial read the haystack from its start
     ignore = {"out", "resume", "batch_size", "device", "base_url", "served_model"}
+    if cfg.trials == 1 and old.trials == 1:
+        ignore.add("rotate_haystack")  # one trial reads the haystack from its start either way
     if cfg.mode == "generate" and old.mode == "generate":
         ignore |= LOGPROB_ONLY
     diff = [k for k in config_io.to_dict(cfg) if k not in ignore and getattr(old, k) != getattr(cfg, k)]

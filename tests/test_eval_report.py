@@ -121,3 +121,24 @@ def test_report_ratio_tables_follow_each_bucket_layout(tmp_path):
     assert "| curve | model | W | overall | 0-1K | 1K-2K | 2K-3K |" in md
     assert "| b/results.json | m | 512 | 1.50 | 1.50 | 1.50 | 1.50 |" in md
     assert len(json.loads((out / "summary.json").read_text())["ppl_ratios"]) == 2
+
+
+def test_report_pairs_results_on_the_same_grid(tmp_path):
+    """Two results on one grid get a paired comparison; a third on another grid pairs with nothing."""
+    run = tmp_path / "run"
+    for name, scores in {"a": [1, 1, 1, 1, 1, 0], "b": [1, 0, 0, 0, 1, 0]}.items():
+        (run / name).mkdir(parents=True)
+        (run / name / "results.json").write_text(json.dumps(niah_result(name, scores)))
+    (run / "c").mkdir()
+    other = {"model": "c", "cells": [{"length": 8000, "depth": 0.0, "score": 1.0}], "mean": 1.0}
+    (run / "c" / "results.json").write_text(json.dumps(other))
+    out = tmp_path / "report"
+    r = CliRunner().invoke(app, ["report", str(run), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    (pair,) = json.loads((out / "summary.json").read_text())["niah_pairs"]
+    assert (pair["a"], pair["b"]) == ("a/results.json", "b/results.json")
+    assert (pair["a_better"], pair["b_better"]) == (3, 0) and abs(pair["difference"] - 0.5) < 1e-9
+    assert pair["sign_test_p"] == 0.25  # 3 of 3 differing cells one way: 2 x (1/2)^3
+    md = (out / "report.md").read_text()
+    assert "### Pairs on the same grid" in md and "| a/results.json | b/results.json | 0.83 | 0.33 | +0.50 [" in md
+    assert "| 3 / 0 | 0.25 |" in md

@@ -172,3 +172,18 @@ def to_markdown(label_a: str, label_b: str, r: dict[str, Any]) -> str:
     lines += [f"| {p['length']} | {p['cells']} | {p['a']:.2f} | {p['b']:.2f} | {p['a_better']} | {p['b_better']} |"
               for p in r["per_length"]]
     return "\n".join(lines) + "\n"
+
+
+def same_grid_pairs(results: list[tuple[str, Cells]], limit: int = 6) -> list[dict[str, Any]]:
+    """Every pair among results on the same (length, depth) grid, compared (at most `limit` results per grid,
+    the first ones: 15 pairs): the rows of a report's pair table."""
+    grids: dict[frozenset, list[tuple[str, Cells]]] = {}
+    for label, cells in results:
+        grids.setdefault(frozenset(cells), []).append((label, cells))
+    rows = []
+    for members in grids.values():
+        members = members[:limit]
+        for i, (la, a) in enumerate(members):
+            for lb, b in members[i + 1:]:
+                rows.append({"a": la, "b": lb, **compare(a, b)})
+    return rows

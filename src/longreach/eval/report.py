@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from longreach.errors import InputError
-from longreach.eval.compare import cells_of, mean_interval
+from longreach.eval.compare import cells_of, mean_interval, same_grid_pairs
 from longreach.eval.niah import per_length
 from longreach.eval.plots import niah_heatmap, ppl_curves, probe_lines, ratio_lines, short_tokens
 
@@ -96,6 +96,11 @@ def control_ratios(ppl: list[tuple[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def niah_pairs(found: dict[str, list[tuple[str, Any]]]) -> list[dict[str, Any]]:
+    """`eval compare` of every two NIAH results on the same grid (the variants of one chain, say)."""
+    return same_grid_pairs([(rel, cells_of(r)) for rel, r in found["niah"]])
+
+
 def collect(run_dir: Path, skip: Path | None = None) -> dict[str, list[tuple[str, Any]]]:
     """(relative path, data) of each result under run_dir, by kind; unreadable files under "skipped"."""
     found: dict[str, list[tuple[str, Any]]] = {"niah": [], "ppl": [], "scores": [], "train": [], "probe": [],
@@ -167,6 +172,15 @@ def blocks(run_dir: Path, out: Path, found: dict[str, list[tuple[str, Any]]] | N
                      ("table", ["depth % \\ length"] + [short_tokens(n) for n in lengths],
                       [[f"{d:g}"] + [_fmt(score.get((n, d))) for n in lengths] for d in depths]
                       + [["mean"] + [_fmt(v) for v in per_length(r).values()]])]
+        pairs = niah_pairs(found)
+        if pairs:
+            page += [("h3", "Pairs on the same grid (longreach eval compare)"),
+                     ("p", ("A - B with its 95% interval (depths redrawn within each length) and an exact sign test "
+                            "on the cells that differ; mode and scoring are not checked: compare like with like.")),
+                     ("table", ["A", "B", "mean A", "mean B", "A - B [95%]", "cells A / B better", "sign test p"],
+                      [[p["a"], p["b"], _fmt(p["a_mean"]), _fmt(p["b_mean"]),
+                        f"{p['difference']:+.2f} [{p['difference_ci95'][0]:+.2f}, {p['difference_ci95'][1]:+.2f}]",
+                        f"{p['a_better']} / {p['b_better']}", f"{p['sign_test_p']:.3g}"] for p in pairs])]
     if found["ppl"]:
         page.append(("h2", "Perplexity by position"))
         for rel, r in found["ppl"]:
@@ -282,7 +296,7 @@ def summary(found: dict[str, list[tuple[str, Any]]], meta: dict[str, str] | None
             "models": [{"model": m["model"], "path": m.get("path"), "ppl": m["ppl"],
                         "buckets": [[b["start"], b["end"], b["ppl"]] for b in m["curve"]]} for m in r["models"]]}
            for rel, r in found["ppl"]]
-    return {"meta": dict(meta or {}), "niah": niah, "ppl": ppl, "ppl_ratios": control_ratios(found["ppl"]),
+    return {"meta": dict(meta or {}), "niah": niah, "niah_pairs": niah_pairs(found), "ppl": ppl, "ppl_ratios": control_ratios(found["ppl"]),
             "train": [{"file": rel, **t} for rel, t in found["train"]],
             "probe": [{"file": rel, "model": r.get("model"), "retrieval_heads": r["retrieval_heads"],
                        "summary": r["summary"]} for rel, r in found["probe"]],

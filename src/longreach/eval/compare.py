@@ -71,7 +71,8 @@ def find_results(data: Any, label: str = "") -> list[tuple[str, Cells]]:
 
 
 def load(spec: str) -> tuple[str, Cells]:
-    """One result from `FILE` (it must hold exactly one) or `FILE:NAME` (the one whose label contains NAME)."""
+    """One result from `FILE` (it must hold exactly one) or `FILE:NAME` (the one labelled NAME, or else the one
+    whose label contains it)."""
     path, name = Path(spec), None
     if not path.is_file() and ":" in spec:
         head, _, name = spec.rpartition(":")
@@ -103,6 +104,11 @@ def _strata(keys: list[tuple[int, float]], lo: int, hi: int | None) -> dict[int,
     return by
 
 
+def _by_length(cells: Cells, strata: dict[int, list[tuple[int, float]]]) -> dict[int, np.ndarray]:
+    """The scores of each length's cells, in the strata's order (so two results line up cell by cell)."""
+    return {n: np.array([cells[k] for k in ks]) for n, ks in strata.items()}
+
+
 def bootstrap_interval(values: dict[int, np.ndarray], draws: int = 10_000, seed: int = 0) -> tuple[float, float]:
     """95% interval of the mean over all values, each length's values redrawn with replacement (stratified)."""
     rng = np.random.default_rng(seed)
@@ -131,10 +137,7 @@ def compare(a: Cells, b: Cells, from_length: int = 0, to_length: int | None = No
         raise InputError("the two results share no (length, depth) cell in the range asked",
                          field="--from-length/--to-length")
 
-    def side(cells: Cells) -> dict[int, np.ndarray]:
-        return {n: np.array([cells[k] for k in ks]) for n, ks in strata.items()}
-
-    va, vb = side(a), side(b)
+    va, vb = _by_length(a, strata), _by_length(b, strata)
     diff = {n: va[n] - vb[n] for n in strata}
     n_cells = sum(len(ks) for ks in strata.values())
 
@@ -154,8 +157,7 @@ def compare(a: Cells, b: Cells, from_length: int = 0, to_length: int | None = No
 
 def mean_interval(cells: Cells, draws: int = 10_000, seed: int = 0) -> tuple[float, float]:
     """95% interval of one result's mean (stratified bootstrap over its cells)."""
-    strata = _strata(list(cells), 0, None)
-    return bootstrap_interval({n: np.array([cells[k] for k in ks]) for n, ks in strata.items()}, draws, seed)
+    return bootstrap_interval(_by_length(cells, _strata(list(cells), 0, None)), draws, seed)
 
 
 def to_markdown(label_a: str, label_b: str, r: dict[str, Any]) -> str:

@@ -206,8 +206,10 @@ def haystack_start(text: str, seed: int, trial: int) -> int:
     """Where trial `trial` starts reading the haystack: 0 for the first, else a paragraph start, trial t taking
     the t-th of the paragraphs in a seeded order (no two trials share one until they run out). One prompt per
     cell is one sample of the haystack; with a start per trial, trials are independent samples."""
+    if trial == 0:
+        return 0
     starts = [m.end() for m in re.finditer(r"\n\s*\n\s*", text) if m.end() < len(text)]  # first character
-    if trial == 0 or not starts:
+    if not starts:
         return 0
     random.Random(f"{seed}-haystack").shuffle(starts)
     return starts[(trial - 1) % len(starts)]

@@ -296,7 +296,8 @@ def summary(found: dict[str, list[tuple[str, Any]]], meta: dict[str, str] | None
             "models": [{"model": m["model"], "path": m.get("path"), "ppl": m["ppl"],
                         "buckets": [[b["start"], b["end"], b["ppl"]] for b in m["curve"]]} for m in r["models"]]}
            for rel, r in found["ppl"]]
-    return {"meta": dict(meta or {}), "niah": niah, "niah_pairs": niah_pairs(found), "ppl": ppl, "ppl_ratios": control_ratios(found["ppl"]),
+    return {"meta": dict(meta or {}), "niah": niah, "niah_pairs": niah_pairs(found), "ppl": ppl,
+            "ppl_ratios": control_ratios(found["ppl"]),
             "train": [{"file": rel, **t} for rel, t in found["train"]],
             "probe": [{"file": rel, "model": r.get("model"), "retrieval_heads": r["retrieval_heads"],
                        "summary": r["summary"]} for rel, r in found["probe"]],

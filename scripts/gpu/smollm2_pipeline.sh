@@ -3,7 +3,9 @@
 # commands. Each device call runs a few steps; files kept outside the copied tree (/root/stage, /root/work,
 # /tmp/site) stay on the machine while it is held, so the 98 MB GGUF travels in two calls.
 #
-# Here, once (ignored paths, named in the device calls' `carry`; 64 MiB per call with the repository):
+# Here, once (ignored paths, named in the device calls' `carry`; 64 MiB per call with the repository);
+# on a fresh checkout `make env && bash scripts/gpu/stage_assets.sh` builds .whl/, .stage/whl-assets/,
+# .stage/gguf-a|b and .stage/corpus/ (the recorded corpus, checked by sha256). By hand, as it was first done:
 #   bash scripts/gpu/stage_gguf.sh split                      # .stage/gguf-a/part-aa, .stage/gguf-b/part-ab
 #   longreach data prepare --input /tmp/corpus --tokenizer $GGUF --seq-len 32768 --out /tmp/shards-32k
 #   tar -C /tmp -cf - shards-32k | xz -6 > .stage/data/shards-32k.tar.xz
@@ -195,8 +197,11 @@ step_baselines() {  # the original model: its 8K window, and beyond it
   niah orig "${ORIG_MODEL:-$GGUF}" "$LENGTHS32" logprob
   niah orig "${ORIG_MODEL:-$GGUF}" "$LENGTHS32" generate
 }
-step_corpus() {  # the raw corpus (10 MB as .tar.xz) for data made on the GPU host
+step_corpus() {  # the raw corpus (10 MB as .tar.xz) for data made on the GPU host; its sha256 logged, to be
+  # matched against .stage/MANIFEST (scripts/gpu/stage_assets.sh): a rebuilt corpus is other data
   timed tar -C "$STAGE" -xJf .stage/corpus/corpus.tar.xz
+  echo "corpus.tar.xz $(sha256sum < .stage/corpus/corpus.tar.xz | cut -d' ' -f1)" \
+    "files $(find "$STAGE/corpus" -type f | wc -l)" | tee -a "$OUT/pipeline.log"
 }
 step_selfchat() {  # short chat data in the original model's own words (longreach.data.selfchat)
   timed LR data self-chat --model "${ORIG_MODEL:-$GGUF}" --input "$STAGE/corpus" --n "$SELFCHAT_N" --batch-size 64 \
@@ -208,8 +213,12 @@ pack() {  # NAME SEQ_LEN OUT INPUT...: `longreach data prepare` on the GPU host,
   # (PACK_ARGS: more of its flags, e.g. "--join-files folder")
   local name=$1 seq=$2 dest=$3; shift 3
   local inputs=() i; for i in "$@"; do inputs+=(--input "$i"); done
+  # its output to WORK/<shards folder>.log (one per variant), its summary (sequences, tokens, documents) logged
+  local plog; plog="$WORK/$(basename "$dest").log"
   timed LR data prepare "${inputs[@]}" --tokenizer "${ORIG_MODEL:-$GGUF}" --seq-len "$seq" --out "$dest" \
-    --workers 8 --overwrite ${PACK_ARGS:-} 2>&1 | tail -1 | cut -c1-600 | tee -a "$OUT/pipeline.log" || log "  FAILED $name"
+    --workers 8 --overwrite ${PACK_ARGS:-} > "$plog" 2>&1 || log "  FAILED $name (see $(basename "$plog"))"
+  { grep '^{' "$plog" || true; } | tail -1 | cut -c1-600 | tee -a "$OUT/pipeline.log"
+  keep "$(basename "$plog")"
 }
 step_prepare32-chat() {  # the corpus plus the self-chat samples (their own source), packed at 32K
   pack prepare32-chat "${SEQ32:-32768}" "$STAGE/shards-32k-chat" "$STAGE/corpus" "$WORK/selfchat/self-chat.jsonl"

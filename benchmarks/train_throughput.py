@@ -179,7 +179,8 @@ def job_for(args, shape: str, seq: int, layout: str, variant: str, kind: str) ->
     return {"shape": shape, "layers": args.layers, "seq": seq, "layout": layout, "dp": dp, "cp": cp,
             "variant": variant, "kind": kind, "device": args.device, "seed": args.seed,
             "warmup": 0 if probe else args.warmup, "steps": 1 if probe else args.steps,
-            "max_timed_s": args.max_timed_s, "peak_tflops": args.peak_tflops}
+            "max_timed_s": args.max_timed_s, "peak_tflops": args.peak_tflops,
+            "profile": bool(getattr(args, "profile", False)) and not probe}
 
 
 def memory_guess(fits: list[dict], grain: int, margin: float = 0.92) -> int | None:
@@ -306,6 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--peak-tflops", type=float, default=H100_PEAK_TFLOPS, help="per-device peak for MFU")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", action="store_true",
+                    help="one more step of each table row under torch.profiler: kernel time by group, top kernels")
     ap.add_argument("--out", default="bench_train.json", help="JSON results (rewritten after every job)")
     ap.add_argument("--dry-run", action="store_true", help="print the planned jobs and exit")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -356,6 +359,10 @@ def main(argv: list[str] | None = None) -> None:
     report["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     save()
     print(table(report["results"], report["longest"]))
+    prof = profile_table(report["results"])
+    if prof:
+        print("\nWhere the profiled step's time went (" + ("device kernel time" if args.device == "cuda"
+                                                          else "CPU operator self time") + "):\n" + prof)
 
 
 # ============================================================================ worker: build, time, measure
@@ -534,6 +541,7 @@ def run_job(job: dict) -> dict:
                 times.append(dt)
                 if len(times) >= job["steps"] or (len(times) >= 2 and sum(times) > job["max_timed_s"]):
                     break
+        prof = profile_step(step, cuda) if job.get("profile") else None
     step_s = statistics.median(times)
     n_gpu = d.world
     model_flops, hw_flops = step_flops(config, seq, seqs, opts, docs)
@@ -556,7 +564,81 @@ def run_job(job: dict) -> dict:
             "hfu": hw_flops / (step_s * n_gpu * peak_flops), "tflops_per_gpu": model_flops / step_s / n_gpu / 1e12,
             "peak_mem_gib": peak, "reserved_gib": reserved, "device_mem_gib": device_mem,
             "loss_first": losses[0], "loss_last": losses[-1],
-            "attn_impl": lm.config._attn_implementation, "n_docs": len(docs) or None, "env": _env(d)}
+            "attn_impl": lm.config._attn_implementation, "n_docs": len(docs) or None, "profile": prof,
+            "env": _env(d)}
+
+
+# Kernel (or, on CPU, operator) names -> what the time went to; first match wins, so attention kernels that call
+# a GEMM inside count as attention, and the optimizer's foreach/fused kernels as optimizer.
+PROFILE_GROUPS = [
+    ("attention", ("flash", "fmha", "sdpa", "scaled_dot_product", "attention", "attn")),
+    ("optimizer", ("adam", "multi_tensor", "foreach", "optimizer")),
+    ("matmul", ("gemm", "xmma", "cutlass", "nvjet", "cublas", "aten::mm", "aten::addmm", "aten::bmm",
+                "aten::matmul", "aten::linear")),
+    ("compiled (triton)", ("triton",)),
+    ("loss and reductions", ("cross_entropy", "log_softmax", "softmax", "nll", "reduce", "norm", "sum")),
+    ("copy and cast", ("copy", "memcpy", "memset", "cast", "to_copy", "fill", "cat")),
+]
+
+
+def profile_group(name: str) -> str:
+    low = name.lower()
+    for group, keys in PROFILE_GROUPS:
+        if any(k in low for k in keys):
+            return group
+    return "other"
+
+
+def profile_step(step, cuda: bool, top: int = 20) -> dict:
+    """One more optimizer step under torch.profiler. On CUDA: every kernel's time on the device, grouped
+    (PROFILE_GROUPS) and the `top` longest; device time can exceed the step's wall time only where kernels
+    overlap (communication streams). On CPU: each operator's self time (the same grouping, by aten name)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    rows = []
+    for e in prof.key_averages():
+        if cuda:
+            on_device = str(getattr(e, "device_type", "")).endswith("CUDA")
+            us = (getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)) if on_device else 0
+        else:
+            us = e.self_cpu_time_total
+        if us > 0:
+            rows.append((e.key, us / 1000, e.count))
+    total = sum(ms for _, ms, _ in rows)
+    groups: dict[str, float] = {}
+    for name, ms, _ in rows:
+        g = profile_group(name)
+        groups[g] = groups.get(g, 0.0) + ms
+    rows.sort(key=lambda r: -r[1])
+    return {"what": "device kernel time" if cuda else "CPU operator self time", "wall_ms": round(wall * 1000, 2),
+            "total_ms": round(total, 3),
+            "groups_ms": {g: round(ms, 3) for g, ms in sorted(groups.items(), key=lambda kv: -kv[1])},
+            "top": [{"name": n[:160], "ms": round(ms, 3), "calls": c, "group": profile_group(n)}
+                    for n, ms, c in rows[:top]]}
+
+
+def profile_table(results: list[dict]) -> str:
+    """Where each profiled row's time went: group shares of the profiled step."""
+    rows = [r for r in results if r.get("profile")]
+    if not rows:
+        return ""
+    groups = [g for g, _ in PROFILE_GROUPS] + ["other"]
+    out = ["| shape | seq | variant | profiled ms | " + " | ".join(groups) + " |",
+           "|---" * (4 + len(groups)) + "|"]
+    for r in rows:
+        p = r["profile"]
+        shares = [f"{100 * p['groups_ms'].get(g, 0.0) / p['total_ms']:.0f}%" if p["total_ms"] else "-" for g in groups]
+        out.append(f"| {r['shape']} | {fmt_len(r['seq'])} | {r['variant']} | {p['total_ms']:.0f} | "
+                   + " | ".join(shares) + " |")
+    return "\n".join(out)
 
 
 def _env(d) -> dict:

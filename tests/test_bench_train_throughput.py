@@ -131,3 +131,36 @@ def test_longest_search_goes_where_the_memory_of_two_fits_points():
     found = bench.search_longest(plain, args, "s", "1", "v", known)
     assert found["longest_fit"] == exact and len(plain.probes) > 4, plain.probes
     assert bench.memory_guess([], 8192) is None
+
+
+def test_profile_splits_a_real_step_by_kernel_group(tmp_path):
+    """--profile runs one more step of each row under torch.profiler; on CPU it groups operator self time."""
+    report, stdout = _run(tmp_path, "--lengths", "128", "--variants", "ours:ac=attn", "--profile")
+    (row,) = report["results"]
+    prof = row["profile"]
+    assert prof["what"] == "CPU operator self time" and prof["total_ms"] > 0
+    assert sum(prof["groups_ms"].values()) == pytest.approx(prof["total_ms"], rel=1e-3, abs=1e-2)
+    # the step did real matmuls and real attention, and the table says where the time went
+    assert prof["groups_ms"]["matmul"] > 0 and prof["groups_ms"]["attention"] > 0
+    assert any(t["name"] == "aten::mm" and t["group"] == "matmul" for t in prof["top"])
+    assert "Where the profiled step's time went" in stdout and "| tiny | 128 | ours:ac=attn |" in stdout
+    # probes of the longest search and runs without the flag carry no profile
+    plain, _ = _run(tmp_path, "--lengths", "64", "--variants", "ours")
+    assert plain["results"][0]["profile"] is None
+
+
+def test_profile_groups_name_the_hopper_kernels():
+    """The kernel names an H100 run shows (cuDNN attention, cuBLAS, fused AdamW, compiled layers, copies)."""
+    names = {
+        "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x64x64_4x1x1_kernel0_0": "attention",
+        "void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<Flash_bwd_kernel_traits>": "attention",
+        "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_kernel__5x_cublas":
+            "matmul",
+        "nvjet_tst_128x256_64x4_1x2_h_bz_coopA_TNT": "matmul",
+        "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor<float, 4>>":
+            "optimizer",
+        "triton_per_fused__to_copy_add_mean_mul_pow_rsqrt_0": "compiled (triton)",
+        "Memcpy DtoH (Device -> Pinned)": "copy and cast",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>": "other",
+    }
+    assert {n: bench.profile_group(n) for n in names} == names

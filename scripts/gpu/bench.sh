@@ -17,11 +17,12 @@
 #   bash scripts/gpu/bench.sh longest-8b    # 1 GPU: longest sequence per 8B layer count (2, 4, 8)
 #   bash scripts/gpu/bench.sh compile-long  # 1 GPU: torch.compile at SmolLM2 128K and 1B 64K, each with its baseline
 #   bash scripts/gpu/bench.sh mfu-1b        # 1 GPU: the 1B shape at 64K, compile with less recomputation / liger / flash
+#   bash scripts/gpu/bench.sh profile       # 1 GPU: where the best 1B 64K and SmolLM2 128K steps spend their time
 # (one-GPU plans may run beside other work on a 2-GPU host: CUDA_VISIBLE_DEVICES=1 bash scripts/gpu/bench.sh ...)
 # DRY=1 prints each invocation's jobs instead of running them (works on CPU).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-plan=${1:?usage: bench.sh fetch-wheels|smollm2|llama|longest|two-gpu|two-gpu-8b|core|two-gpu-long|longest-8b|compile-long|mfu-1b}
+plan=${1:?usage: bench.sh fetch-wheels|smollm2|llama|longest|two-gpu|two-gpu-8b|core|two-gpu-long|longest-8b|compile-long|mfu-1b|profile}
 PY=${PY:-python3}
 
 if [ "$plan" = fetch-wheels ]; then
@@ -107,10 +108,12 @@ case "$plan" in
     bench --shapes llama3-8b --layers 4 --lengths 128k --layouts cp2 --variants "ours" --warmup 0 --steps 1 --longest \
       --longest-layouts cp2 --longest-start 256k --longest-growth 1.5 --longest-step 64k --budget-s 150
     ;;
-  longest-8b)  # ~4 min: longest sequence on one GPU per 8B layer count (two table lengths: memory-guided search)
+  longest-8b)  # ~8 min: longest sequence on one GPU per 8B layer count (two table lengths: memory-guided search).
+    # 75 s per layer count (sessions 3 and 11) stopped every search on time before memory: offload probes take
+    # 16-20 s at 128K-208K. The table lengths are 64K and 128K, so that the memory guess starts from long rows.
     for layers in 2 4 8; do
-      bench --shapes llama3-8b --layers $layers --lengths 16k,32k --warmup 0 --steps 1 --longest --variants "ours:offload=1" \
-        --longest-variant "ours:offload=1" --longest-start 128k --longest-growth 1.5 --longest-step 16k --budget-s 75
+      bench --shapes llama3-8b --layers $layers --lengths 64k,128k --warmup 0 --steps 1 --longest --variants "ours:offload=1" \
+        --longest-variant "ours:offload=1" --longest-start 192k --longest-growth 1.5 --longest-step 16k --budget-s 155
     done
     ;;
   compile-long)  # ~4.5 min: does compile reach the 128K target (>= 23K tok/s) and 45% MFU at 64K for 1B?
@@ -122,6 +125,12 @@ case "$plan" in
            # the rows likeliest to run out of memory (every:2, off: only after compiling) last
     bench --shapes llama3.2-1b --lengths 64k --steps 2 --budget-s 330 --variants \
       "ours:ac=attn,compile=1;ours:ac=mlp,compile=1;ours:ac=attn,compile=1,loss=liger;ours:ac=attn,compile=1,sdpa=flash;ours:ac=every:2,compile=1;ours:ac=off,compile=1"
+    ;;
+  profile)  # ~4 min: one more step of the best settings under torch.profiler (kernel time by group, top kernels):
+            # what separates the 1B shape's 40% MFU at 64K from the 45% target, and SmolLM2's 128K step from its floor
+    bench --shapes llama3.2-1b --lengths 64k --steps 2 --profile --budget-s 130 \
+      --variants "ours:ac=attn,compile=1,loss=liger;ours:ac=attn"
+    bench --shapes smollm2-135m --lengths 128k --steps 2 --profile --budget-s 100 --variants "ours:ac=attn,compile=1"
     ;;
   *) echo "unknown plan $plan" >&2; exit 2 ;;
 esac

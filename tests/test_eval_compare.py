@@ -122,5 +122,6 @@ def test_compare_command_on_the_recorded_runs(tmp_path):
                                                                                         out["b_better"])
     r = CliRunner().invoke(app, ["eval", "compare", f"{SLOWDIMS}:llama6", f"{SLOWDIMS}:yarn6"])
     assert r.exit_code == 0 and "| 96000 | 10 | 0.60 | 0.20 |" in r.output and "sign test p =" in r.output
+    assert "not training" in r.output  # the intervals say what they leave out
     r = CliRunner().invoke(app, ["eval", "compare", str(one), str(one), "--draws", "5"])
     assert r.exit_code != 0 and "--draws" in str(r.exception)

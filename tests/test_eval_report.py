@@ -141,4 +141,5 @@ def test_report_pairs_results_on_the_same_grid(tmp_path):
     assert pair["sign_test_p"] == 0.25  # 3 of 3 differing cells one way: 2 x (1/2)^3
     md = (out / "report.md").read_text()
     assert "### Pairs on the same grid" in md and "| a/results.json | b/results.json | 0.83 | 0.33 | +0.50 [" in md
+    assert "not training" in md  # what the intervals leave out
     assert "| 3 / 0 | 0.25 |" in md

@@ -51,7 +51,8 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of Markdown"),
 ) -> None:
     """Paired comparison on the cells both results share: each mean with a 95% interval, the difference A - B
-    with its interval (depths redrawn within each length), and an exact sign test on the cells that differ."""
+    with its interval (depths redrawn within each length), and an exact sign test on the cells that differ.
+    Both cover where the needle sits, not training: compare recipes over several runs each."""
     from longreach.eval import compare as cmp
 
     if draws < 100:

@@ -160,6 +160,12 @@ def mean_interval(cells: Cells, draws: int = 10_000, seed: int = 0) -> tuple[flo
     return bootstrap_interval(_by_length(cells, _strata(list(cells), 0, None)), draws, seed)
 
 
+# What the intervals and the sign test do not cover, said wherever they are printed.
+TRAINING_NOISE_NOTE = ("They cover where the needle sits, not training: two trainings of one recipe on other "
+                       "draws of the data differed by ~0.1 of mean (SmolLM2-135M at 128K, docs/RESULTS.md "
+                       "session 11), so tell recipes apart over several runs each.")
+
+
 def to_markdown(label_a: str, label_b: str, r: dict[str, Any]) -> str:
     """The comparison as a short Markdown page: the verdict line, then one row per length."""
     def ci(x: tuple[float, float]) -> str:
@@ -169,7 +175,7 @@ def to_markdown(label_a: str, label_b: str, r: dict[str, Any]) -> str:
                f"B {r['b_mean']:.3f} {ci(r['b_ci95'])}; A - B {r['difference']:+.3f} {ci(r['difference_ci95'])} "
                f"(95%, depths redrawn within each length, {r['draws']} draws); cells A better {r['a_better']}, "
                f"B better {r['b_better']}, sign test p = {r['sign_test_p']:.3g}")
-    lines = [f"A: {label_a}", f"B: {label_b}", "", verdict, "",
+    lines = [f"A: {label_a}", f"B: {label_b}", "", verdict, "", TRAINING_NOISE_NOTE, "",
              "| length | cells | A | B | A better | B better |", "|---|---|---|---|---|---|"]
     lines += [f"| {p['length']} | {p['cells']} | {p['a']:.2f} | {p['b']:.2f} | {p['a_better']} | {p['b_better']} |"
               for p in r["per_length"]]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from longreach.errors import InputError
-from longreach.eval.compare import cells_of, mean_interval, same_grid_pairs
+from longreach.eval.compare import TRAINING_NOISE_NOTE, cells_of, mean_interval, same_grid_pairs
 from longreach.eval.niah import per_length
 from longreach.eval.plots import niah_heatmap, ppl_curves, probe_lines, ratio_lines, short_tokens
 
@@ -176,7 +176,8 @@ def blocks(run_dir: Path, out: Path, found: dict[str, list[tuple[str, Any]]] | N
         if pairs:
             page += [("h3", "Pairs on the same grid (longreach eval compare)"),
                      ("p", ("A - B with its 95% interval (depths redrawn within each length) and an exact sign test "
-                            "on the cells that differ; mode and scoring are not checked: compare like with like.")),
+                            "on the cells that differ; mode and scoring are not checked: compare like with like. "
+                            + TRAINING_NOISE_NOTE)),
                      ("table", ["A", "B", "mean A", "mean B", "A - B [95%]", "cells A / B better", "sign test p"],
                       [[p["a"], p["b"], _fmt(p["a_mean"]), _fmt(p["b_mean"]),
                         f"{p['difference']:+.2f} [{p['difference_ci95'][0]:+.2f}, {p['difference_ci95'][1]:+.2f}]",

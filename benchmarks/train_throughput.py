@@ -180,7 +180,7 @@ def job_for(args, shape: str, seq: int, layout: str, variant: str, kind: str) ->
             "variant": variant, "kind": kind, "device": args.device, "seed": args.seed,
             "warmup": 0 if probe else args.warmup, "steps": 1 if probe else args.steps,
             "max_timed_s": args.max_timed_s, "peak_tflops": args.peak_tflops,
-            "profile": bool(getattr(args, "profile", False)) and not probe}
+            "profile": not probe and args.profile}  # probes (the longest search) are never profiled
 
 
 def memory_guess(fits: list[dict], grain: int, margin: float = 0.92) -> int | None:

@@ -148,22 +148,25 @@ def _slug(rel: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in rel.rsplit(".", 1)[0]).strip("_")
 
 
-def blocks(run_dir: Path, out: Path, found: dict[str, list[tuple[str, Any]]] | None = None) -> list[Block]:
-    """The page as a list of blocks (headings, paragraphs, images, tables); figures are drawn into `out`."""
+def blocks(run_dir: Path, out: Path, found: dict[str, list[tuple[str, Any]]] | None = None,
+           numbers: dict[str, Any] | None = None) -> list[Block]:
+    """The page as a list of blocks (headings, paragraphs, images, tables); figures are drawn into `out`.
+    `numbers`: summary(found), when the caller has it (its bootstrap intervals and pairs are not drawn again)."""
     found = collect(run_dir, skip=out) if found is None else found
+    numbers = summary(found) if numbers is None else numbers
     page: list[Block] = [("h1", f"longreach report: {run_dir}")]
     if not any(found[k] for k in ("niah", "ppl", "scores", "train", "probe")):
         page.append(("p", "No results found (results.json of eval niah / eval ppl / eval attention, eval score "
                           + "outputs, or training metrics.jsonl)."))
     if found["niah"]:
         page.append(("h2", "Needle in a haystack"))
-        for rel, r in found["niah"]:
+        for (rel, r), nums in zip(found["niah"], numbers["niah"]):
             png = f"niah_{_slug(rel)}.png"
             niah_heatmap(r, out / png)
             lengths = sorted({c["length"] for c in r["cells"]})
             depths = sorted({c["depth"] for c in r["cells"]})
             score = cells_of(r)
-            lo, hi = mean_interval(score)
+            lo, hi = nums["mean_ci95"]
             page += [("h3", f"{rel}: {r.get('model', '')}"),
                      ("p", (f"mode {r.get('mode', '?')}, chat {r.get('chat', '?')}, mean score {_fmt(r['mean'])} "
                             f"(95% interval {lo:.2f}-{hi:.2f}: depths redrawn within each length; `longreach eval "
@@ -172,7 +175,7 @@ def blocks(run_dir: Path, out: Path, found: dict[str, list[tuple[str, Any]]] | N
                      ("table", ["depth % \\ length"] + [short_tokens(n) for n in lengths],
                       [[f"{d:g}"] + [_fmt(score.get((n, d))) for n in lengths] for d in depths]
                       + [["mean"] + [_fmt(v) for v in per_length(r).values()]])]
-        pairs = niah_pairs(found)
+        pairs = numbers["niah_pairs"]
         if pairs:
             page += [("h3", "Pairs on the same grid (longreach eval compare)"),
                      ("p", ("A - B with its 95% interval (depths redrawn within each length) and an exact sign test "
@@ -312,8 +315,9 @@ def build(run_dir: str | Path, out: str | Path, meta: dict[str, str] | None = No
         raise InputError("run folder not found", path=str(run_dir))
     out.mkdir(parents=True, exist_ok=True)
     found = collect(run_dir, skip=out)
-    (out / "summary.json").write_text(json.dumps(summary(found, meta), indent=1) + "\n")
-    page = blocks(run_dir, out, found)
+    numbers = summary(found, meta)
+    (out / "summary.json").write_text(json.dumps(numbers, indent=1) + "\n")
+    page = blocks(run_dir, out, found, numbers)
     (out / "report.md").write_text(to_markdown(page))
     (out / "report.html").write_text(to_html(page))
     return out / "report.md"

@@ -403,8 +403,10 @@ def doc_lengths(seq: int, mean: int, seed: int) -> list[int]:
     return [x for x in out if x > 0]
 
 
-def step_flops(c, seq: int, seqs: int, opts: dict, docs: list[int]) -> tuple[float, float]:
-    """(model FLOPs, hardware FLOPs incl. recomputation) of one optimizer step (README.md: the formula)."""
+def flop_parts(c, seq: int, seqs: int, opts: dict, docs: list[int]) -> dict[str, float]:
+    """FLOPs of one optimizer step by kind (README.md: the formula). `matmul` and `attention` as MFU counts them
+    (backward twice the forward); `matmul_recomputed` and `attention_recomputed`: forwards run again by
+    activation checkpointing, and our chunked loss's output projection."""
     L, H, hd = c.num_hidden_layers, c.hidden_size, c.hidden_size // c.num_attention_heads
     hd = getattr(c, "head_dim", None) or hd
     nh, nkv, inter, vocab = c.num_attention_heads, c.num_key_value_heads, c.intermediate_size, c.vocab_size
@@ -414,7 +416,6 @@ def step_flops(c, seq: int, seqs: int, opts: dict, docs: list[int]) -> tuple[flo
     tokens = seq * seqs
     pairs = sum(x * x / 2 for x in docs) if docs else seq * seq / 2  # causal (query, key) pairs per sequence
     attn = 12 * L * nh * hd * pairs * seqs  # QK^T and AV: 4*hd per pair forward; backward 2x forward
-    model = 6 * matmul_params * tokens + attn
     ac = opts["ac"]
     if ac == "full":
         frac = 1.0
@@ -423,14 +424,32 @@ def step_flops(c, seq: int, seqs: int, opts: dict, docs: list[int]) -> tuple[flo
         frac = len(range(0, L, k)) / L
     else:
         frac = 0.0
-    recompute = frac * (2 * L * (attn_proj + mlp) * tokens + attn / 3)
+    mm_again = frac * 2 * L * (attn_proj + mlp) * tokens
     if ac == "attn":  # every matmul again, the attention kernel not
-        recompute += 2 * L * (attn_proj + mlp) * tokens
+        mm_again += 2 * L * (attn_proj + mlp) * tokens
     if ac == "mlp":
-        recompute += 2 * L * mlp * tokens
+        mm_again += 2 * L * mlp * tokens
     if opts["name"] == "ours" and opts["loss"] == "chunked":
-        recompute += 2 * vocab * H * tokens  # each loss chunk's logits are recomputed in backward
-    return model, model + recompute
+        mm_again += 2 * vocab * H * tokens  # each loss chunk's logits are recomputed in backward
+    return {"matmul": 6 * matmul_params * tokens, "attention": attn,
+            "matmul_recomputed": mm_again, "attention_recomputed": frac * attn / 3}
+
+
+def step_flops(c, seq: int, seqs: int, opts: dict, docs: list[int]) -> tuple[float, float]:
+    """(model FLOPs, hardware FLOPs incl. recomputation) of one optimizer step."""
+    f = flop_parts(c, seq, seqs, opts, docs)
+    model = f["matmul"] + f["attention"]
+    return model, model + f["matmul_recomputed"] + f["attention_recomputed"]
+
+
+def kernel_tflops(parts: dict[str, float], groups_ms: dict[str, float], n_gpu: int) -> dict[str, float]:
+    """TFLOP/s per GPU that the profiled attention and matmul kernels reached, counting the work they do:
+    every matmul including the recomputed ones, and for attention the forward (4*d per causal pair) plus a
+    backward of 2.5x the forward (flash-style kernels compute QK^T again and four more products: dV, dP, dQ, dK),
+    which is how RECIPE.md's ~440 TFLOP/s for cuDNN at head dim 64 is counted. MFU's 2x backward stays as it is."""
+    work = {"attention": parts["attention"] / 3 * 3.5 + parts["attention_recomputed"],
+            "matmul": parts["matmul"] + parts["matmul_recomputed"]}
+    return {g: w / n_gpu / (groups_ms[g] / 1000) / 1e12 for g, w in work.items() if groups_ms.get(g, 0) > 0}
 
 
 def _oom(e: BaseException) -> bool:
@@ -545,6 +564,10 @@ def run_job(job: dict) -> dict:
     step_s = statistics.median(times)
     n_gpu = d.world
     model_flops, hw_flops = step_flops(config, seq, seqs, opts, docs)
+    if prof and "groups_ms" in prof:
+        prof["kernel_tflops"] = {g: round(v, 3 if v < 10 else 1) for g, v in
+                                 kernel_tflops(flop_parts(config, seq, seqs, opts, docs), prof["groups_ms"],
+                                               d.world).items()}
     peak = reserved = device_mem = None
     if cuda:
         device_mem = torch.cuda.get_device_properties(d.device).total_memory / 2**30
@@ -633,18 +656,21 @@ def profile_step(step, cuda: bool, top: int = 20) -> dict:
 
 
 def profile_table(results: list[dict]) -> str:
-    """Where each profiled row's time went: group shares of the profiled step."""
+    """Where each profiled row's time went: group shares of the profiled step, and the rate its attention and
+    matmul kernels reached (kernel_tflops)."""
     rows = [r for r in results if isinstance(r.get("profile"), dict) and "groups_ms" in r["profile"]]
     if not rows:
         return ""
     groups = [g for g, _ in PROFILE_GROUPS] + ["other"]
-    out = ["| shape | seq | variant | profiled ms | " + " | ".join(groups) + " |",
-           "|---" * (4 + len(groups)) + "|"]
+    rates = ["attention", "matmul"]
+    out = ["| shape | seq | variant | profiled ms | " + " | ".join(groups) + " | "
+           + " | ".join(f"{g} TFLOP/s" for g in rates) + " |", "|---" * (4 + len(groups) + len(rates)) + "|"]
     for r in rows:
         p = r["profile"]
         shares = [f"{100 * p['groups_ms'].get(g, 0.0) / p['total_ms']:.0f}%" if p["total_ms"] else "-" for g in groups]
+        tflops = [f"{p['kernel_tflops'][g]:.3g}" if g in p.get("kernel_tflops", {}) else "-" for g in rates]
         out.append(f"| {r['shape']} | {fmt_len(r['seq'])} | {r['variant']} | {p['total_ms']:.0f} | "
-                   + " | ".join(shares) + " |")
+                   + " | ".join(shares + tflops) + " |")
     return "\n".join(out)
 
 

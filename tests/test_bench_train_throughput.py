@@ -144,9 +144,28 @@ def test_profile_splits_a_real_step_by_kernel_group(tmp_path):
     assert prof["groups_ms"]["matmul"] > 0 and prof["groups_ms"]["attention"] > 0
     assert any(t["name"] == "aten::mm" and t["group"] == "matmul" for t in prof["top"])
     assert "Where the profiled step's time went" in stdout and "| tiny | 128 | ours:ac=attn |" in stdout
+    # and the rate its attention and matmul operators reached (tiny on a CPU, but computed from this step)
+    assert set(prof["kernel_tflops"]) == {"attention", "matmul"} and min(prof["kernel_tflops"].values()) > 0
+    assert "attention TFLOP/s" in stdout
     # probes of the longest search and runs without the flag carry no profile
     plain, _ = _run(tmp_path, "--lengths", "64", "--variants", "ours")
     assert plain["results"][0]["profile"] is None
+
+
+def test_kernel_rates_count_attention_as_the_floor_measurement_does():
+    """RECIPE.md's floor: cuDNN attention takes 157 ms per layer fwd+bwd at 128K for SmolLM2 (~440 TFLOP/s,
+    backward counted as 2.5x the forward); 30 such layers in a profile read back as that rate. Checkpointing
+    that recomputes attention (ac=full) adds one forward; recomputed matmuls count in the matmul rate."""
+    config = bench.model_config({"shape": "smollm2-135m", "layers": None, "seq": 131072})
+    parts = bench.flop_parts(config, 131072, 1, bench.parse_variant("ours:ac=attn"), [])
+    rates = bench.kernel_tflops(parts, {"attention": 30 * 157.0, "matmul": 100.0, "other": 5.0}, n_gpu=1)
+    assert rates["attention"] == pytest.approx(441, abs=1)
+    assert rates["matmul"] * 0.1 * 1e12 == pytest.approx(parts["matmul"] + parts["matmul_recomputed"])
+    full = bench.flop_parts(config, 131072, 1, bench.parse_variant("ours:ac=full"), [])
+    assert full["attention_recomputed"] == pytest.approx(parts["attention"] / 3)
+    assert bench.kernel_tflops(full, {"attention": 30 * 157.0}, 1)["attention"] == pytest.approx(441 * 4.5 / 3.5, abs=1)
+    # two GPUs share the step's work; a group without time gets no rate
+    assert bench.kernel_tflops(parts, {"attention": 30 * 157.0 / 2}, n_gpu=2) == pytest.approx({"attention": 441}, abs=1)
 
 
 def test_profile_groups_name_the_hopper_kernels():

@@ -161,9 +161,10 @@ def mean_interval(cells: Cells, draws: int = 10_000, seed: int = 0) -> tuple[flo
 
 
 # What the intervals and the sign test do not cover, said wherever they are printed.
-TRAINING_NOISE_NOTE = ("They cover where the needle sits, not training: two trainings of one recipe on other "
-                       "draws of the data differed by ~0.1 of mean (SmolLM2-135M at 128K, docs/RESULTS.md "
-                       "session 11), so tell recipes apart over several runs each.")
+TRAINING_NOISE_NOTE = ("They cover where the needle sits, not training: on one corpus, three data orders of one "
+                       "recipe's 128K stage differed by at most 0.03 of mean, but another build of the corpus moved "
+                       "the same recipes by ~0.1 (SmolLM2-135M at 128K, docs/RESULTS.md sessions 11-12), so compare "
+                       "recipes trained on the same data, and more than one run each where you can.")
 
 
 def to_markdown(label_a: str, label_b: str, r: dict[str, Any]) -> str:

@@ -473,6 +473,8 @@ def run_job(job: dict) -> dict:
     if job["device"] == "cpu":
         d.device = torch.device("cpu")
     parallel.check_seq_len(seq, d.cp)
+    if opts["attn"] == "fa4" and d.cp > 1:
+        raise ValueError("attn=fa4 does not run with context parallelism (that path has its own attention)")
     if opts["offload"] and d.world > 1:
         raise ValueError("offload=1 is for one GPU (reentrant checkpointing under FSDP2 is not tested)")
     cuda = d.device.type == "cuda"
@@ -515,7 +517,9 @@ def run_job(job: dict) -> dict:
             return total
     else:
         attention.register()
-        lm.config._attn_implementation = attention.FLEX_NAME if opts["attn"] == "flex" else opts["attn"]
+        lm.config._attn_implementation = {"flex": attention.FLEX_NAME, "fa4": attention.FA4_NAME}.get(opts["attn"],
+                                                                                                    opts["attn"])
+        attention.prepare(lm.config._attn_implementation)
         parallel.configure_layers(lm, checkpointing=opts["ac"], compile=bool(opts["compile"]),
                                   offload=bool(opts["offload"]))
         if d.cp > 1:
@@ -565,7 +569,7 @@ def run_job(job: dict) -> dict:
     n_gpu = d.world
     model_flops, hw_flops = step_flops(config, seq, seqs, opts, docs)
     if prof and "groups_ms" in prof:
-        prof["kernel_tflops"] = {g: round(v, 3 if v < 10 else 1) for g, v in
+        prof["kernel_tflops"] = {g: float(f"{v:.4g}") for g, v in  # 4 significant digits (tiny on a CPU)
                                  kernel_tflops(flop_parts(config, seq, seqs, opts, docs), prof["groups_ms"],
                                                d.world).items()}
     peak = reserved = device_mem = None

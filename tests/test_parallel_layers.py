@@ -209,3 +209,79 @@ def test_context_parallel_lower_right_flash_block_on_gpu():
     assert (out.float() - ref).norm() / ref.norm() < 1e-2
     for got, want in zip(grads, (q32.grad, k32.grad, v32.grad)):
         assert (got - want).norm() / want.norm() < 2e-2
+
+
+def _has_fa4() -> bool:
+    try:
+        import flash_attn.cute.interface  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_fa4_attention_says_what_it_cannot_run():
+    """attn longreach_fa4 refuses, by name, a CPU tensor, a mask and dropout; without the package it says
+    what to install."""
+    attention.register()
+    lm = _lm(1)
+    lm.config._attn_implementation = attention.FA4_NAME
+    ids = torch.randint(0, 64, (1, 32), generator=torch.Generator().manual_seed(5))
+    with pytest.raises(ValueError, match="longreach_fa4.*CUDA GPU"):
+        lm(input_ids=ids, labels=ids)
+    q = torch.zeros(1, 4, 8, 16)
+    with pytest.raises(ValueError, match="takes no mask.*longreach_flex"):
+        attention.fa4_attention_forward(None, q, q, q, attention_mask=torch.ones(1, 1, 8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="no attention dropout"):
+        attention.fa4_attention_forward(None, q, q, q, dropout=0.1)
+    attention.prepare("sdpa")  # nothing to prepare
+    if not _has_fa4():  # the loop and the benchmark prepare FA4 before building the model: a missing package
+        with pytest.raises(ImportError, match="pip install --pre flash-attn-4"):  # fails there, by name
+            attention.prepare(attention.FA4_NAME)
+
+
+@pytest.mark.gpu
+def test_fa4_attention_matches_sdpa_on_gpu():
+    """FlashAttention 4 (grouped KV heads, head dim 64, bf16 autocast) gives SDPA's loss and gradients."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] not in (9, 10):
+        pytest.skip("needs a Hopper or Blackwell GPU")
+    if not _has_fa4():
+        pytest.skip("flash-attn-4 not installed (scripts/gpu/stage_assets.sh fa4)")
+    from longreach.model.tiny import tiny_llama, tiny_llama_config
+
+    attention.register()
+    ids = torch.randint(0, 64, (2, 512), generator=torch.Generator().manual_seed(2)).cuda()
+    batch = {"input_ids": ids, "labels": shift_labels(ids)}
+    n = torch.tensor(float((batch["labels"] != -100).sum()), device="cuda")
+    results = []
+    for impl in ("sdpa", attention.FA4_NAME):
+        lm = tiny_llama(tiny_llama_config(64, hidden=256, layers=2, heads=4, kv_heads=2), seed=0).train().cuda()
+        lm.config.use_cache = False
+        lm.config._attn_implementation = impl
+        loss = forward_backward(CausalLMLoss(lm, chunk_tokens=128), [batch], n,
+                                lambda: torch.autocast("cuda", dtype=torch.bfloat16),
+                                parallel.Dist(device=torch.device("cuda"))) / n
+        results.append((float(loss), {k: p.grad.clone() for k, p in lm.named_parameters()}))
+    (ref_loss, ref), (loss, got) = results
+    assert loss == pytest.approx(ref_loss, rel=1e-2)
+    for k, g in ref.items():
+        assert (got[k] - g).norm() / g.norm() < 3e-2, k
+
+
+def test_fa4_ops_register_and_checkpointing_keeps_their_output():
+    """With flash-attn-4 importable (any machine: registration and shapes need no GPU), FA4's forward and
+    backward become torch custom ops whose fake kernels give the real shapes (so torch.compile can trace
+    around them), and selective checkpointing (ac=attn) keeps the forward's output instead of recomputing it."""
+    pytest.importorskip("flash_attn.cute.interface")
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    op = attention._fa4_attention_op()
+    with FakeTensorMode():
+        q = torch.empty(2, 128, 4, 64, dtype=torch.bfloat16, requires_grad=True)
+        kv = torch.empty(2, 128, 2, 64, dtype=torch.bfloat16, requires_grad=True)
+        out, lse = op(q, kv, kv, 0.125)
+        assert out.shape == q.shape and lse.shape == (2, 4, 128) and lse.dtype == torch.float32
+        out.float().sum().backward()
+        assert q.grad.shape == q.shape and kv.grad.shape == kv.shape
+    from torch.utils.checkpoint import CheckpointPolicy
+    assert parallel._keep_attention(None, op.default) == CheckpointPolicy.MUST_SAVE
+    assert parallel._keep_attention(None, torch.ops.aten.mm.default) == CheckpointPolicy.PREFER_RECOMPUTE

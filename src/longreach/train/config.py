@@ -24,7 +24,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm (0 = off)
     seed: int = 0  # data order and random initialisation
     precision: str = "auto"  # auto: bf16 autocast + fp32 master weights on GPU, fp32 on CPU; or fp32 / bf16
-    attn: str = "sdpa"  # attention implementation (sdpa picks cuDNN/flash on H100 with is_causal)
+    attn: str = "sdpa"  # attention implementation (sdpa picks cuDNN/flash on H100 with is_causal; longreach_flex;
+    # longreach_fa4: FlashAttention 4's kernels, plain causal, needs flash-attn-4: train/attention.py)
     activation_checkpointing: str = "off"  # off | full | attn (keep attention output) | mlp | every:K
     offload_activations: bool = False  # keep checkpointed layer inputs in pinned CPU memory (one GPU, longest runs)
     loss_impl: str = "chunked"  # chunked (ours) or liger (fused linear + cross-entropy, needs liger-kernel)

@@ -274,10 +274,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     parallel.check_seq_len(seq_len, d.cp)
     if cfg.doc_mask and d.cp > 1:
         raise InputError("doc_mask is not supported with context_parallel > 1", field="doc_mask")
+    if cfg.attn == attention.FA4_NAME and (d.cp > 1 or cfg.doc_mask):
+        raise InputError(f"attn {attention.FA4_NAME} runs plain causal attention on one sequence: not with "
+                         "context_parallel > 1 (that path has its own attention) nor doc_mask", field="attn")
 
     # --- model, optimizer; resume
     resume_from = checkpoint.latest(out) if cfg.resume else None
-    attention.register()  # makes "longreach_flex" a valid attn
+    attention.register()  # makes "longreach_flex" and "longreach_fa4" valid attn values
+    attention.prepare(cfg.attn)
     lm, tok = load_start(str(resume_from or cfg.model), cfg.attn, cfg.seed)
     lm.config._attn_implementation = cfg.attn
     tok_hash = _tokenizer_hash(tok)

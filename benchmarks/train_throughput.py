@@ -435,11 +435,15 @@ def flop_parts(c, seq: int, seqs: int, opts: dict, docs: list[int]) -> dict[str,
             "matmul_recomputed": mm_again, "attention_recomputed": frac * attn / 3}
 
 
-def step_flops(c, seq: int, seqs: int, opts: dict, docs: list[int]) -> tuple[float, float]:
-    """(model FLOPs, hardware FLOPs incl. recomputation) of one optimizer step."""
-    f = flop_parts(c, seq, seqs, opts, docs)
+def flop_totals(f: dict[str, float]) -> tuple[float, float]:
+    """(model FLOPs, hardware FLOPs incl. recomputation) from flop_parts."""
     model = f["matmul"] + f["attention"]
     return model, model + f["matmul_recomputed"] + f["attention_recomputed"]
+
+
+def step_flops(c, seq: int, seqs: int, opts: dict, docs: list[int]) -> tuple[float, float]:
+    """(model FLOPs, hardware FLOPs incl. recomputation) of one optimizer step."""
+    return flop_totals(flop_parts(c, seq, seqs, opts, docs))
 
 
 def kernel_tflops(parts: dict[str, float], groups_ms: dict[str, float], n_gpu: int) -> dict[str, float]:
@@ -567,11 +571,11 @@ def run_job(job: dict) -> dict:
         prof = profile_step(step, cuda) if job.get("profile") else None
     step_s = statistics.median(times)
     n_gpu = d.world
-    model_flops, hw_flops = step_flops(config, seq, seqs, opts, docs)
+    parts = flop_parts(config, seq, seqs, opts, docs)
+    model_flops, hw_flops = flop_totals(parts)
     if prof and "groups_ms" in prof:
-        prof["kernel_tflops"] = {g: float(f"{v:.4g}") for g, v in  # 4 significant digits (tiny on a CPU)
-                                 kernel_tflops(flop_parts(config, seq, seqs, opts, docs), prof["groups_ms"],
-                                               d.world).items()}
+        prof["kernel_tflops"] = {g: float(f"{v:.4g}")  # 4 significant digits (tiny on a CPU)
+                                 for g, v in kernel_tflops(parts, prof["groups_ms"], d.world).items()}
     peak = reserved = device_mem = None
     if cuda:
         device_mem = torch.cuda.get_device_properties(d.device).total_memory / 2**30

@@ -52,7 +52,7 @@ def compare(
 ) -> None:
     """Paired comparison on the cells both results share: each mean with a 95% interval, the difference A - B
     with its interval (depths redrawn within each length), and an exact sign test on the cells that differ.
-    Both cover where the needle sits, not training: compare recipes over several runs each."""
+    Both cover where the needle sits, not training: compare recipes trained on the same data."""
     from longreach.eval import compare as cmp
 
     if draws < 100:

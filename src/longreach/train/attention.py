@@ -173,6 +173,9 @@ def _fa4_attention_op():
         return (*torch.ops.longreach.fa4_bwd(dout.contiguous(), q, k, v, out, lse, ctx.scale), None)
 
     fwd.register_autograd(backward, setup_context=setup_context)
+    from longreach.train import parallel
+
+    parallel.keep_attention_output(torch.ops.longreach.fa4_fwd.default)
     _fa4_op = torch.ops.longreach.fa4_fwd
     return _fa4_op
 

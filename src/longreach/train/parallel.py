@@ -141,11 +141,16 @@ def _attention_ops() -> set:
 
 def _keep_attention(ctx, op, *args, **kwargs):
     from torch.utils.checkpoint import CheckpointPolicy
-    keep = op in _ATTENTION_OPS or str(op) == "longreach.fa4_fwd.default"  # train.attention's FA4 op
-    return CheckpointPolicy.MUST_SAVE if keep else CheckpointPolicy.PREFER_RECOMPUTE
+    return CheckpointPolicy.MUST_SAVE if op in _ATTENTION_OPS else CheckpointPolicy.PREFER_RECOMPUTE
 
 
 _ATTENTION_OPS = _attention_ops()
+
+
+def keep_attention_output(op) -> None:
+    """Selective checkpointing (ac=attn) keeps this op's output, as it keeps SDPA's kernels' (an attention
+    kernel registered as a custom op, e.g. train.attention's FA4)."""
+    _ATTENTION_OPS.add(op)
 
 
 def _checkpoint(fn, selective: bool = False):

@@ -20,11 +20,12 @@
 #   bash scripts/gpu/bench.sh profile       # 1 GPU: where the best 1B 64K and SmolLM2 128K steps spend their time
 #   bash scripts/gpu/bench.sh fa4-stage     # each call carrying a part of FlashAttention 4 (stage_assets.sh fa4)
 #   bash scripts/gpu/bench.sh fa4           # 1 GPU: FlashAttention 4's kernels against cuDNN, profiled
+#   bash scripts/gpu/bench.sh fa4-more      # 1 GPU: the same on the 8B (32K), 1B (128K) and SmolLM2 (16K, 64K) rows
 # (one-GPU plans may run beside other work on a 2-GPU host: CUDA_VISIBLE_DEVICES=1 bash scripts/gpu/bench.sh ...)
 # DRY=1 prints each invocation's jobs instead of running them (works on CPU).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-plan=${1:?usage: bench.sh fetch-wheels|fa4-stage|smollm2|llama|longest|two-gpu|two-gpu-8b|core|two-gpu-long|longest-8b|compile-long|mfu-1b|profile|fa4}
+plan=${1:?usage: bench.sh fetch-wheels|fa4-stage|smollm2|llama|longest|two-gpu|two-gpu-8b|core|two-gpu-long|longest-8b|compile-long|mfu-1b|profile|fa4|fa4-more}
 PY=${PY:-python3}
 
 if [ "$plan" = fa4-stage ]; then  # FlashAttention 4 (`bash scripts/gpu/stage_assets.sh fa4` here): in each call
@@ -169,6 +170,15 @@ case "$plan" in
       --variants "ours:ac=attn,compile=1;ours:ac=attn,compile=1,attn=fa4"
     bench --shapes llama3.2-1b --lengths 64k --steps 2 --profile --budget-s 150 \
       --variants "ours:ac=attn,compile=1,loss=liger;ours:ac=attn,compile=1,loss=liger,attn=fa4"
+    ;;
+  fa4-more)  # ~7 min after `fa4-stage`: FA4 against cuDNN (both compiled) where `fa4` did not look: the 8B shape's
+             # MFU at 32K (4 layers), the 1B shape at 128K, SmolLM2 at 16K and 64K; no profiles
+    bench --shapes llama3-8b --layers 4 --lengths 32k --steps 2 --budget-s 120 \
+      --variants "ours:ac=attn,compile=1,loss=liger;ours:ac=attn,compile=1,loss=liger,attn=fa4"
+    bench --shapes llama3.2-1b --lengths 128k --steps 2 --budget-s 170 \
+      --variants "ours:ac=attn,compile=1,loss=liger;ours:ac=attn,compile=1,loss=liger,attn=fa4"
+    bench --shapes smollm2-135m --lengths 16k,64k --budget-s 120 \
+      --variants "ours:ac=attn,compile=1;ours:ac=attn,compile=1,attn=fa4"
     ;;
   *) echo "unknown plan $plan" >&2; exit 2 ;;
 esac

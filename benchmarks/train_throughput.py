@@ -441,11 +441,6 @@ def flop_totals(f: dict[str, float]) -> tuple[float, float]:
     return model, model + f["matmul_recomputed"] + f["attention_recomputed"]
 
 
-def step_flops(c, seq: int, seqs: int, opts: dict, docs: list[int]) -> tuple[float, float]:
-    """(model FLOPs, hardware FLOPs incl. recomputation) of one optimizer step."""
-    return flop_totals(flop_parts(c, seq, seqs, opts, docs))
-
-
 def kernel_tflops(parts: dict[str, float], groups_ms: dict[str, float], n_gpu: int) -> dict[str, float]:
     """TFLOP/s per GPU that the profiled attention and matmul kernels reached, counting the work they do:
     every matmul including the recomputed ones, and for attention the forward (4*d per causal pair) plus a

@@ -61,14 +61,14 @@ def test_flop_formula_matches_pytorch_flop_counter():
     ids = torch.randint(0, config.vocab_size, (2, 96))
     with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
         lm(input_ids=ids, labels=ids).loss.backward()
-    model, hw = bench.step_flops(config, 96, 2, bench.parse_variant("ours:ac=off,loss=liger"), [])
+    model, hw = bench.flop_totals(bench.flop_parts(config, 96, 2, bench.parse_variant("ours:ac=off,loss=liger"), []))
     L, h, d = 3, config.num_attention_heads, config.hidden_size // config.num_attention_heads
     causal_attention = 12 * L * h * d * 96 * 96 / 2 * 2
     # (some transformers versions count RoPE's tiny angle product too: a few thousand FLOPs)
     assert counter.get_total_flops() == pytest.approx(model + causal_attention, rel=1e-4)
     assert hw == model  # nothing recomputed
-    _, hw_full = bench.step_flops(config, 96, 2, bench.parse_variant("ours"), [])
-    _, hw_attn = bench.step_flops(config, 96, 2, bench.parse_variant("ours:ac=attn"), [])
+    _, hw_full = bench.flop_totals(bench.flop_parts(config, 96, 2, bench.parse_variant("ours"), []))
+    _, hw_attn = bench.flop_totals(bench.flop_parts(config, 96, 2, bench.parse_variant("ours:ac=attn"), []))
     assert hw_full > hw_attn > model
 
 

@@ -20,8 +20,9 @@ in a sequence holding one long sample and its padding, where a causal mask gives
 "longreach_fa4" runs plain causal attention by FlashAttention 4's kernels (the `flash-attn-4` package, CuTe DSL,
 compiled on first use for the GPU at hand: Hopper sm90 or Blackwell sm100), called directly rather than through
 PyTorch's SDPA registry, whose FA4 hook follows one pinned FA4 release. It takes no mask (doc_mask needs
-"longreach_flex") and no context parallelism (that path brings its own attention); it exists to be measured
-against cuDNN (benchmarks/train_throughput.py `attn=fa4`).
+"longreach_flex") and no context parallelism (that path brings its own attention). Measured on an H100 against
+cuDNN (benchmarks/train_throughput.py `attn=fa4`; docs/PERFORMANCE.md session 13): its kernels 1.25-1.28x faster
+at head dim 64, whole steps 1.16-1.23x. Optional: the default stays "sdpa", which needs no extra package.
 """
 
 from __future__ import annotations
@@ -121,8 +122,8 @@ def _fa4_kernel():
     try:
         from flash_attn.cute import interface
     except ImportError as e:
-        raise ImportError(f"attn {FA4_NAME!r} needs FlashAttention 4: `pip install --pre flash-attn-4` (with "
-                          f"nvidia-cutlass-dsl) on a Hopper or Blackwell GPU; import failed: {e}") from None
+        raise ImportError(f"attn {FA4_NAME!r} needs FlashAttention 4: `pip install 'longreach[gpu]'` or `pip install --pre "
+                          f"flash-attn-4` (with nvidia-cutlass-dsl) on a Hopper or Blackwell GPU; import failed: {e}") from None
     return interface
 
 

@@ -34,7 +34,9 @@
 # with its own `data prepare` flags, from the 32K model extended with its own `longreach extend` flags, and
 # trained with its own `--set` flags after CPT128_SET's (the ablations: "sep;boseos:--sep-mode bos_eos",
 # "bound;x300::--base 3e7", "theta;yarn::--scheme yarn", "t1;t12::--attention-factor 1.2"; a replicate with
-# another data order: "bound1:::--set seed=1"); every SFT recipe then trains from every variant, on its GPU.
+# another data order: "bound1:::--set seed=1"; training sequences longer than the 128K tested:
+# "len160k:--seq-len 163840:--target-len 163840:--set max_steps=64", since a variant's flags come after the
+# chain's own and the last one given wins); every SFT recipe then trains from every variant, on its GPU.
 # Outputs carry "-NAME" (smollm2-128k-base-NAME, cpt-128k-NAME, RECIPE-NAME, ...).
 # Measured: session 4 (one H200): SFT_RECIPES=configs/smollm2-135m-128k-sft.yaml:106 SFT_STOP=81 SFT_HALF=54;
 # session 5 (2 x H200): NGPU=2 SFT_DEADLINE_S=1080 SFT_RECIPES="configs/smollm2-135m-128k-sft-replay.yaml:118

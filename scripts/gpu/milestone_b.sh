@@ -16,15 +16,16 @@
 # then each GPU trains one SFT recipe.
 # Steps, all longreach's own commands (docs/RESULTS.md, milestone B):
 #   CPU, beside the 32K training: the corpus packed at 128K (per variant); each recipe's SFT data
-#   GPU: prepare32 extend train32 (milestone A's recipe) -> per variant: extend128 (base to the 128K bound, or
-#        the variant's extend flags) -> train128 -> per recipe: long-context SFT at 128K, one sequence per step,
-#        stopped early (the STOP file: the step in progress is saved) after step SFT_STOP (0: never) or
-#        SFT_DEADLINE_S seconds after the chain started (0: never) -> NIAH 1K-128K of its last checkpoint ->
+#   GPU: prepare32 extend train32 (milestone A's recipe) -> per variant: extend128 (base 1e9, ROPE_BASE128 of
+#        smollm2_pipeline.sh, or the variant's extend flags) -> train128 -> per recipe: long-context SFT at
+#        128K, one sequence per step, stopped early (the STOP file: the step in progress is saved) after step
+#        SFT_STOP (0: never) or SFT_DEADLINE_S seconds after the chain started (0: never) -> NIAH 1K-128K of
+#        its last checkpoint (and again with an unseen needle in an unseen haystack: UNSEEN_HAYSTACK) ->
 #        perplexity: short essays (retention) and by position over 128K, and again with at most PPL_CONTEXT
-#        tokens of context (the control) -> the attention probe (PROBE_LENGTHS) -> log-prob NIAH (LOGPROB_LENGTHS)
-#        -> NIAH at sharper attention (ATTN_FACTORS, QUERY_LOG_SCALES).
+#        tokens of context (the control) -> the attention probe (PROBE_LENGTHS) -> log-prob NIAH
+#        (LOGPROB_LENGTHS) -> NIAH at sharper attention (ATTN_FACTORS, QUERY_LOG_SCALES).
 #   Beside the SFT: NIAH of the 128K continued-pretraining model (EVAL_CPT=1), the perplexity of the original
-#   and the continued-pretraining models, and the latter's attention probe.
+#   and the continued-pretraining models, and the latter's attention probe (CPT_PPL=0 skips these two).
 # EVAL32=1: NIAH of the 32K model (milestone A's grid, both scorings) beside the 128K stages.
 # CPT128_SET: more `--set` for the 128K continued pretraining (e.g. "--set max_steps=90", session 6).
 # ATTN_FACTORS="1.1 1.2": each final SFT model is also evaluated (NIAH) with sharper attention, by `longreach
@@ -32,11 +33,11 @@
 # CPT128_VARIANTS="NAME[:PREPARE_ARGS[:EXTEND_ARGS[:TRAIN_ARGS]]];...": several 128K continued pretrainings side
 # by side, variant i on GPU i (one GPU each, no context parallel; at most NGPU variants), each on the corpus packed
 # with its own `data prepare` flags, from the 32K model extended with its own `longreach extend` flags, and
-# trained with its own `--set` flags after CPT128_SET's (the ablations: "sep;boseos:--sep-mode bos_eos",
-# "bound;x300::--base 3e7", "theta;yarn::--scheme yarn", "t1;t12::--attention-factor 1.2"; a replicate with
-# another data order: "bound1:::--set seed=1"; training sequences longer than the 128K tested:
-# "len160k:--seq-len 163840:--target-len 163840:--set max_steps=64", since a variant's flags come after the
-# chain's own and the last one given wins); every SFT recipe then trains from every variant, on its GPU.
+# trained with its own `--set` flags after CPT128_SET's, the last flag given winning (the ablations:
+# "sep;boseos:--sep-mode bos_eos", "b1e9;bound::--base 3.2e8" (the bound: the default of sessions 4-14),
+# "theta;yarn::--scheme yarn", "t1;t12::--attention-factor 1.2"; a replicate with another data order:
+# "b1e9s2:::--set seed=2"; training sequences longer than the 128K tested: "len160k:--seq-len 163840:--target-len
+# 163840:--set max_steps=64"); every SFT recipe then trains from every variant, on its GPU.
 # Outputs carry "-NAME" (smollm2-128k-base-NAME, cpt-128k-NAME, RECIPE-NAME, ...).
 # Measured: session 4 (one H200): SFT_RECIPES=configs/smollm2-135m-128k-sft.yaml:106 SFT_STOP=81 SFT_HALF=54;
 # session 5 (2 x H200): NGPU=2 SFT_DEADLINE_S=1080 SFT_RECIPES="configs/smollm2-135m-128k-sft-replay.yaml:118
@@ -65,6 +66,7 @@ SFT_HALF=${SFT_HALF:-0}  # > 0: an interim NIAH of the first checkpoint at or af
 SFT_SAVE=${SFT_SAVE:-27}
 SFT_DEADLINE_S=${SFT_DEADLINE_S:-0}
 EVAL_CPT=${EVAL_CPT:-0}
+CPT_PPL=${CPT_PPL:-1}  # 0: no perplexity (nor probe) of the 128K continued-pretraining models beside the SFT
 L128=${LENGTHS128:-1000,4000,8000,16000,32000,48000,64000,96000,128000}
 ATTN_LENGTHS=${ATTN_LENGTHS:-$L128}
 DEPTHS=${MB_DEPTHS:-0,11,22,33,44,56,67,78,89,100}
@@ -77,6 +79,9 @@ PPL_SHORT=${PPL_SHORT:-4096} PPL_LONG=${PPL_LONG:-131072}
 PROBE_LENGTHS=${PROBE_LENGTHS-16000,64000,96000,128000}  # `eval attention` of each 128K and SFT model at these
 # lengths (depths PROBE_DEPTHS): the retrieval heads' share of attention on the needle ("" skips it; < 1 min)
 PROBE_DEPTHS=${PROBE_DEPTHS:-0,50,90}
+UNSEEN_HAYSTACK=${UNSEEN_HAYSTACK:-}  # e.g. /root/stage/haystack/jargon-lexicon.txt (carried .stage/haystack, the
+# `corpus` step): each final SFT model's NIAH again with a needle and a haystack it never saw (RING of needles.sh
+# in that text; ~2 min on an H100), into eval/NAME-STEP-unseen-generate
 LOGPROB_LENGTHS=${LOGPROB_LENGTHS:-}  # e.g. "32000,64000,96000,128000": NIAH scored by log-probability too
 # (the answer against 5 distractors, each also a needle in the context), for each final SFT model
 PPL_CONTEXT=${PPL_CONTEXT-4096}  # the by-position curves again with at most this many tokens of context per token
@@ -89,13 +94,16 @@ QUERY_LOG_SCALES=${QUERY_LOG_SCALES:-}  # e.g. "65536:0.3 65536:0.6": the same w
 # ORIG_MODEL=SRC_MODEL=<gguf> LENGTHS128=400,600 MB_DEPTHS=0,100 SFT_RECIPES="configs/smollm2-128k-sft-smoke.yaml:6"
 # NGPU=2 SFT_SAVE=1 SFT_HALF=2 SFT_STOP=3 PPL_SHORT=256 PPL_LONG=1024 PPL_CONTEXT=256 PROBE_LENGTHS=400,600
 # PROBE_DEPTHS=0,100 MB_OUT=... bash scripts/gpu/milestone_b.sh
+. scripts/gpu/needles.sh  # RING
 export WORK=$W PYTHONPATH="$PWD/src:/tmp/site" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$O" "$W/eval"
 t_start=$(date +%s)
 LR() { $PY -m longreach.cli "$@"; }
-niah_gen() {  # MODEL NAME [BATCH [LENGTHS]]: the default needle, 9 lengths x 10 depths, greedy generation
+niah_gen() {  # MODEL NAME [BATCH [LENGTHS [eval-niah flags...]]]: by default the default needle in the essays,
+  # 9 lengths x 10 depths, greedy generation
   LR eval niah --model "$1" --out "$W/eval/$2-generate" --lengths "${4:-$L128}" --depths $DEPTHS \
-    --mode generate --batch-size "${3:-8}" > "$W/eval/$2-generate.log" 2>&1 || echo "niah $2 failed" >> "$O/gpu.txt"
+    --mode generate --batch-size "${3:-8}" "${@:5}" > "$W/eval/$2-generate.log" 2>&1 \
+    || echo "niah $2 failed" >> "$O/gpu.txt"
 }
 ppl() {  # NAME LENGTH SEQUENCES [BUCKETS] --model M...: perplexity of the essays (no model trained on them)
   local name=$1 len=$2 n=$3 b=$4; shift 4
@@ -163,6 +171,7 @@ sft_run() {  # CONFIG STEPS GPU SUFFIX: one 128K SFT (started once its data exis
   n=$((10#${m##*-}))
   echo "$T: NIAH and perplexity of step $n" >> "$O/gpu.txt"
   niah_gen "$m" "$T-$n" 16
+  [ -z "$UNSEEN_HAYSTACK" ] || niah_gen "$m" "$T-$n-unseen" 16 "$L128" "${RING[@]}" --haystack "$UNSEEN_HAYSTACK"
   ppl "ppl128-short-$T-$n" "$PPL_SHORT" 8 "" --model "$m"
   long_curves "$T-$n" "$m"
   probe "$T-$n" "$m"
@@ -258,6 +267,7 @@ variant() {  # INDEX VARIANT: its 128K continued pretraining, then every SFT rec
   done
   ( export CUDA_VISIBLE_DEVICES=$g CPT128_NAME=cpt128$x  # beside the SFT: the model it starts from
     [ "$EVAL_CPT" = 1 ] && NIAH_BATCH=4 OUT=$O/eval$x bash $P eval128 > "$O/eval$x.txt" 2>&1
+    [ "$CPT_PPL" = 1 ] || exit 0
     c=$(latest "$CPT128")
     ppl ppl128-short-base$x "$PPL_SHORT" 8 "" --model "$GGUF" ${c:+--model $c}
     [ -z "$c" ] || { long_curves "cpt128$x" "$c"; probe "cpt128$x" "$c"; } ) &

@@ -24,6 +24,7 @@
 #   carry .whl .stage/gguf-a .stage/whl-assets:   setup stage-a
 #   carry .stage/gguf-b .stage/corpus:            stage-b corpus, sftdata (CPU, in the background), then
 #     (since session 8 the tree has grown: carry .stage/corpus for `corpus`, then .stage/gguf-b for `stage-b`)
+#     (since session 15 .stage/haystack travels with .stage/corpus: the haystack of UNSEEN_HAYSTACK, milestone_b.sh)
 #     SFT_CONFIG=configs/smollm2-135m-32k-sft.yaml SFT_DATA=/root/work/sftdata: prepare32 extend train32 wait32 sft3
 #   then the second pass: SFT_SET="--set stages.sft3.train.max_steps=102" ... sft3, and eval-sft eval-unseen
 # Milestone B as measured on 2026-11-26 (one H200, docs/RESULTS.md): scripts/gpu/milestone_b.sh runs these steps
@@ -69,6 +70,7 @@ SELFCHAT_N=${SELFCHAT_N:-2000}
 BASE128=${BASE128:-$WORK/smollm2-128k-base}
 CPT128=${CPT128:-$WORK/cpt-128k}
 SHARDS128=${SHARDS128:-$STAGE/shards-128k}
+ROPE_BASE128=${ROPE_BASE128-1e9}  # step extend128's base ("": the bound for 128K)
 TRAIN128_NAME=${TRAIN128_NAME:-train128}  # its log's name (two 128K runs side by side: milestone_b.sh)
 LENGTHS128=${LENGTHS128:-1000,4000,8000,16000,32000,48000,64000,96000,128000}
 SFT=${SFT:-$WORK/sft}
@@ -101,8 +103,7 @@ need_ckpt() {  # RUN: its newest checkpoint, or an empty line and a log line (th
   echo "$m"
 }
 
-PASSKEY=(--needle "The pass key of the red door is {key}. Remember it. {key} is the pass key of the red door."
-         --question "What is the pass key of the red door?" --answer "{key}" --subject "red door")
+. scripts/gpu/needles.sh  # RING, PASSKEY
 niah() {  # NAME MODEL LENGTHS MODE [extra eval-niah args]: default needle, 10 depths
   local name=$1 model=$2 lengths=$3 mode=$4; shift 4
   timed LR eval niah --model "$model" --out "$WORK/eval/$name-$mode" --lengths "$lengths" --depths $DEPTHS \
@@ -206,6 +207,9 @@ step_corpus() {  # the raw corpus (10 MB as .tar.xz) for data made on the GPU ho
   echo "corpus content $got, files $(find "$STAGE/corpus" -type f | wc -l):" \
     "$([ "$got" = "$want" ] && echo "the recorded corpus" || echo "NOT the recorded corpus ($want)")" \
     | tee -a "$OUT/pipeline.log"
+  [ -d .stage/haystack ] || return 0  # the unseen haystack, when carried too: to $STAGE/haystack, checked
+  rm -rf "$STAGE/haystack" && cp -r .stage/haystack "$STAGE/haystack"
+  (cd "$STAGE/haystack" && sha256sum -c "$REPO/scripts/gpu/haystack.sha256") 2>&1 | tee -a "$OUT/pipeline.log"
 }
 step_selfchat() {  # short chat data in the original model's own words (longreach.data.selfchat)
   timed LR data self-chat --model "${ORIG_MODEL:-$GGUF}" --input "$STAGE/corpus" --n "$SELFCHAT_N" --batch-size 64 \
@@ -233,10 +237,13 @@ step_prepare32() {  # the 32K continued-pretraining data, made on the GPU host f
 step_prepare128() {  # milestone B data: the same corpus packed at 128K (SHARDS128, PACK_ARGS: a variant of it)
   pack prepare128 "${SEQ128:-131072}" "$SHARDS128" "$STAGE/corpus"
 }
-step_extend128() {  # 32K -> 128K: the trained 32K model, base raised to the bound for 128K at head dim 64
-  # (EXTEND128_ARGS: other `longreach extend` flags, e.g. "--base 3e7", "--scheme yarn", "--attention-factor 1.2")
+step_extend128() {  # 32K -> 128K: the trained 32K model, base raised to ROPE_BASE128 (default 1e9, ~3x the bound
+  # for 128K at head dim 64: the best measured, docs/RESULTS.md sessions 13-15; ROPE_BASE128= gives the bound, the
+  # default of sessions 4-14). EXTEND128_ARGS: more `longreach extend` flags, the last given winning (e.g.
+  # "--base 3e7", "--scheme yarn", "--attention-factor 1.2")
   local m; m=$(need_ckpt "$CPT32"); [ -n "$m" ] || return 0
-  timed LR extend --model "$m" --target-len 131072 --out "$BASE128" ${EXTEND128_ARGS:-} 2>&1 | rope_lines \
+  timed LR extend --model "$m" --target-len 131072 ${ROPE_BASE128:+--base $ROPE_BASE128} --out "$BASE128" \
+    ${EXTEND128_ARGS:-} 2>&1 | rope_lines \
     | tee -a "$OUT/pipeline.log" \
     || log "  FAILED extend128"
   keep "$(basename "$BASE128")"
@@ -313,10 +320,7 @@ step_eval-sft() {
 }
 step_eval-unseen() {  # the SFT model on needles unlike any it was tuned on: a "where" fact, and a pass key
   local s; s=$(need_ckpt "$SFT/sft3"); [ -n "$s" ] || return 0
-  niah "$SFT_NAME-ring" "$s" "$LENGTHS32" generate \
-    --needle "Anna's grandmother hid her wedding ring inside the blue teapot on the top kitchen shelf." \
-    --question "Where did Anna's grandmother hide her wedding ring?" \
-    --answer "inside the blue teapot on the top kitchen shelf" --subject "Anna's grandmother"
+  niah "$SFT_NAME-ring" "$s" "$LENGTHS32" generate "${RING[@]}"
   niah "$SFT_NAME-passkey" "$s" "$LENGTHS32" generate "${PASSKEY[@]}"
 }
 

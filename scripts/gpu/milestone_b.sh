@@ -31,7 +31,8 @@
 # ATTN_FACTORS="1.1 1.2": each final SFT model is also evaluated (NIAH) with sharper attention, by `longreach
 # extend --attention-factor F` on it (a config change: RoPE's cos/sin x F, attention logits x F^2; no training).
 # CPT128_VARIANTS="NAME[:PREPARE_ARGS[:EXTEND_ARGS[:TRAIN_ARGS]]];...": several 128K continued pretrainings side
-# by side, variant i on GPU i (one GPU each, no context parallel; at most NGPU variants), each on the corpus packed
+# by side, each on NGPU / (number of variants) GPUs of its own (variant i on GPUs i*k .. i*k+k-1; at most NGPU
+# variants; on k > 1 GPUs as CPT128_PARALLEL says), each on the corpus packed
 # with its own `data prepare` flags, from the 32K model extended with its own `longreach extend` flags, and
 # trained with its own `--set` flags after CPT128_SET's, the last flag given winning (the ablations:
 # "sep;boseos:--sep-mode bos_eos", "b1e9;bound::--base 3.2e8" (the bound: the default of sessions 4-14),
@@ -39,6 +40,12 @@
 # "b1e9s2:::--set seed=2"; training sequences longer than the 128K tested: "len160k:--seq-len 163840:--target-len
 # 163840:--set max_steps=64"); every SFT recipe then trains from every variant, on its GPU.
 # Outputs carry "-NAME" (smollm2-128k-base-NAME, cpt-128k-NAME, RECIPE-NAME, ...).
+# CPT128_PARALLEL: how a 128K stage uses k > 1 GPUs: "cp" (default) context parallel, one sequence split over
+# them (the one-GPU recipe's tokens per step); "dp" data parallel (FSDP2), one sequence per GPU per step, so k
+# times the tokens in the same steps and about the same time (the tokens lever; the stream sees the one-GPU
+# run's sequences and those after them, epochs repeating the corpus in a new order). A variant's SFT recipes
+# train on its GPUs in turn; the work beside them (EVAL_CPT, CPT_PPL) runs on its last GPU, and each SFT
+# model's grids in UNSEEN_HAYSTACK on the next GPU of its variant beside its other grids.
 # Measured: session 4 (one H200): SFT_RECIPES=configs/smollm2-135m-128k-sft.yaml:106 SFT_STOP=81 SFT_HALF=54;
 # session 5 (2 x H200): NGPU=2 SFT_DEADLINE_S=1080 SFT_RECIPES="configs/smollm2-135m-128k-sft-replay.yaml:118
 # configs/smollm2-135m-128k-sft-long.yaml" (the 128K model 7.4 min after the start; SFT steps 6.9-7.5 s, so the
@@ -82,6 +89,10 @@ PROBE_DEPTHS=${PROBE_DEPTHS:-0,50,90}
 UNSEEN_HAYSTACK=${UNSEEN_HAYSTACK:-}  # e.g. /root/stage/haystack/jargon-lexicon.txt (carried .stage/haystack, the
 # `corpus` step): each final SFT model's NIAH again with a needle and a haystack it never saw (RING of needles.sh
 # in that text; ~2 min on an H100), into eval/NAME-STEP-unseen-generate
+CROSS_GRIDS=${CROSS_GRIDS:-0}  # 1 (with UNSEEN_HAYSTACK): also the two halves of the unseen grid, which of the
+# needle and the haystack makes the difference: RING in the essays (eval/NAME-STEP-unseen-needle-generate) and
+# the default needle in UNSEEN_HAYSTACK (eval/NAME-STEP-unseen-haystack-generate)
+CPT128_PARALLEL=${CPT128_PARALLEL:-cp}
 LOGPROB_LENGTHS=${LOGPROB_LENGTHS:-}  # e.g. "32000,64000,96000,128000": NIAH scored by log-probability too
 # (the answer against 5 distractors, each also a needle in the context), for each final SFT model
 PPL_CONTEXT=${PPL_CONTEXT-4096}  # the by-position curves again with at most this many tokens of context per token
@@ -131,9 +142,21 @@ newest() {  # NAME: the newest SFT checkpoint's step, 0 before the first
 }
 ckpt() { echo "$W/$1/sft3/checkpoints/$(printf 'step-%06d' "$2")"; }  # NAME STEP
 
-sft_run() {  # CONFIG STEPS GPU SUFFIX: one 128K SFT (started once its data exist) from the continued pretraining
-  # in $CPT128 (set by variant), its NIAH and perplexity; SUFFIX names its outputs
-  local C=$1 steps=$2 x=$4 T dn half= n m sft
+extra_grids() {  # MODEL NAME WHICH: the grids beyond the issue's, "hay": those in UNSEEN_HAYSTACK (RING there, and
+  # with CROSS_GRIDS the default needle there); "needle": with CROSS_GRIDS, RING in the essays
+  [ -n "$UNSEEN_HAYSTACK" ] || return 0
+  if [ "$3" = hay ]; then
+    niah_gen "$1" "$2-unseen" 16 "$L128" "${RING[@]}" --haystack "$UNSEEN_HAYSTACK"
+    [ "$CROSS_GRIDS" != 1 ] || niah_gen "$1" "$2-unseen-haystack" 16 "$L128" --haystack "$UNSEEN_HAYSTACK"
+  elif [ "$CROSS_GRIDS" = 1 ]; then
+    niah_gen "$1" "$2-unseen-needle" 16 "$L128" "${RING[@]}"
+  fi
+}
+
+sft_run() {  # CONFIG STEPS GPU SUFFIX [GPU2]: one 128K SFT (started once its data exist) from the continued
+  # pretraining in $CPT128 (set by variant), its NIAH and perplexity; SUFFIX names its outputs; the extra grids
+  # run on GPU2 (default: GPU) beside the issue's grid
+  local C=$1 steps=$2 x=$4 g2=${5:-$3} T dn half= n m sft
   dn=$(name_of "$C"); T=$dn$x
   export CUDA_VISIBLE_DEVICES=$3
   until [ -e "$W/data-$dn/.done" ]; do  # its data; the job's exit marker without them: give up
@@ -170,8 +193,13 @@ sft_run() {  # CONFIG STEPS GPU SUFFIX: one 128K SFT (started once its data exis
   m=$(latest "$W/$T/sft3"); [ -n "$m" ] || return
   n=$((10#${m##*-}))
   echo "$T: NIAH and perplexity of step $n" >> "$O/gpu.txt"
-  niah_gen "$m" "$T-$n" 16
-  [ -z "$UNSEEN_HAYSTACK" ] || niah_gen "$m" "$T-$n-unseen" 16 "$L128" "${RING[@]}" --haystack "$UNSEEN_HAYSTACK"
+  if [ "$g2" = "$3" ]; then
+    niah_gen "$m" "$T-$n" 16; extra_grids "$m" "$T-$n" hay
+  else  # two GPUs: about half the grids each
+    (CUDA_VISIBLE_DEVICES=$g2 extra_grids "$m" "$T-$n" hay) &
+    niah_gen "$m" "$T-$n" 16
+  fi
+  extra_grids "$m" "$T-$n" needle
   ppl "ppl128-short-$T-$n" "$PPL_SHORT" 8 "" --model "$m"
   long_curves "$T-$n" "$m"
   probe "$T-$n" "$m"
@@ -189,6 +217,7 @@ print(c['rope_theta'], c['max_position_embeddings'])" "$m")
   for q in $QUERY_LOG_SCALES; do  # FLOOR:SCALE: queries sharpened by position (config only)
     sharper "$m" "$T-$n-qls${q/:/-}" "$win" "$base" --query-log-floor "${q%%:*}" --query-log-scale "${q#*:}"
   done
+  wait  # the extra grids on GPU2
 }
 sharper() {  # MODEL NAME WINDOW BASE EXTEND_FLAGS...: the model with its attention sharpened by `longreach
   # extend` (same window and base, no training), then its NIAH at ATTN_LENGTHS
@@ -198,9 +227,11 @@ sharper() {  # MODEL NAME WINDOW BASE EXTEND_FLAGS...: the model with its attent
     || echo "$name failed (see $a.log)" >> "$O/gpu.txt"
 }
 
-if [ ${#VARIANTS[@]} -gt 1 ] && [ ${#VARIANTS[@]} -gt "$NGPU" ]; then
-  echo "CPT128_VARIANTS has ${#VARIANTS[@]} variants for NGPU=$NGPU: one GPU per variant" >&2; exit 2
+if [ ${#VARIANTS[@]} -gt "$NGPU" ]; then
+  echo "CPT128_VARIANTS has ${#VARIANTS[@]} variants for NGPU=$NGPU: at least one GPU per variant" >&2; exit 2
 fi
+case $CPT128_PARALLEL in cp|dp) ;; *) echo "CPT128_PARALLEL=$CPT128_PARALLEL: cp or dp" >&2; exit 2 ;; esac
+VG=$((NGPU / ${#VARIANTS[@]}))  # GPUs per variant
 ga=$($PY -c "import yaml; print(yaml.safe_load(open('configs/smollm2-135m-32k.yaml'))['grad_accum'])")
 if [ $((ga % NGPU)) -ne 0 ]; then
   echo "grad_accum $ga of configs/smollm2-135m-32k.yaml is not divisible by NGPU=$NGPU" >&2; exit 2
@@ -227,46 +258,49 @@ for r in $RECIPES; do  # each recipe's SFT data, beside the GPU steps (CPU only)
   (SFT_CONFIG=$C SFTDATA_OUT=$W/data-$dn OUT=$O/cpu-$dn bash $P sftdata > "$O/cpu-$dn.txt" 2>&1
    touch "$O/cpu-$dn.exit") &
 done
-multi() {  # STEP SET: a training step on NGPU GPUs; should it fail there, again on one GPU (resuming its last
-  # checkpoint, which holds the full, unsharded state). Only this call's log lines count (re-runs append).
-  local n0; n0=$(cat "$O/gpu/pipeline.log" 2>/dev/null | wc -l)
-  TRAIN_GPUS=$NGPU TRAIN_SET="$2" OUT=$O/gpu bash $P "$1" >> "$O/gpu.txt" 2>&1
-  if [ "$NGPU" -gt 1 ] && tail -n +$((n0 + 1)) "$O/gpu/pipeline.log" | grep -q "FAILED $1"; then
-    echo "$1 failed on $NGPU GPUs (log kept as $1-ngpu$NGPU.log): again on one" >> "$O/gpu.txt"
-    cp "$W/$1.log" "$W/$1-ngpu$NGPU.log"
-    OUT=$O/gpu1 bash $P "$1" >> "$O/gpu.txt" 2>&1
+multi() {  # STEP K OUTDIR LOG SET SET1: a training step on the first K visible GPUs with SET (their split of the
+  # work); should it fail there, again on one GPU with SET1 (the same steps), resuming its last checkpoint, which
+  # holds the full, unsharded state. Only this call's log lines count (re-runs append). LOG: $W/LOG.log
+  local n0; n0=$(cat "$3/pipeline.log" 2>/dev/null | wc -l)
+  TRAIN_GPUS=$2 TRAIN_SET="$5" OUT=$3 bash $P "$1" >> "$3.txt" 2>&1
+  if [ "$2" -gt 1 ] && tail -n +$((n0 + 1)) "$3/pipeline.log" | grep -q "FAILED $4"; then
+    echo "$4 failed on $2 GPUs (log kept as $4-ngpu$2.log): again on one" >> "$3.txt"
+    cp "$W/$4.log" "$W/$4-ngpu$2.log"
+    TRAIN_SET="$6" OUT=${3}1 bash $P "$1" >> "$3.txt" 2>&1
   fi
 }
 OUT=$O/gpu bash $P prepare32 extend > "$O/gpu.txt" 2>&1
-multi train32 "--set grad_accum=$((ga / NGPU))"
+multi train32 "$NGPU" "$O/gpu" train32 "--set grad_accum=$((ga / NGPU))" ""
 if [ "${EVAL32:-0}" = 1 ]; then  # milestone A's grid of the 32K model, beside the 128K stages: generation on the
   # first GPU, log-prob on the last (each variant's training shares its GPU with one of them)
   (CUDA_VISIBLE_DEVICES=0 OUT=$O/eval32g bash $P eval32-gen > "$O/eval32g.txt" 2>&1) &
   (CUDA_VISIBLE_DEVICES=$((NGPU - 1)) OUT=$O/eval32l bash $P eval32-logprob > "$O/eval32l.txt" 2>&1) &
 fi
 essays=$($PY -c "from longreach import assets; print(assets.paul_graham_essays())")
-variant() {  # INDEX VARIANT: its 128K continued pretraining, then every SFT recipe from it, and the perplexity
-  # of the model they start from beside them. One variant: on all GPUs (context parallel); several: one GPU each.
-  local i=$1 x c j=0 r C st g; x=$(suffix "$2")
+variant() {  # INDEX VARIANT: its 128K continued pretraining on its VG GPUs (i*VG ..), then every SFT recipe from
+  # it (recipe j on its GPU j mod VG, the extra grids on the next one), and beside them, on its last GPU, the
+  # perplexity (and EVAL_CPT's NIAH) of the model they start from
+  local i=$1 x c j=0 r C st g0=$((i * VG)) gl=$((i * VG + VG - 1)) gpus tset par
+  x=$(suffix "$2")
   local BASE128=$W/smollm2-128k-base$x SHARDS128=$S/shards-128k$x CPT128=$W/cpt-128k$x TRAIN128_NAME=train128$x
   export BASE128 SHARDS128 CPT128 TRAIN128_NAME
-  g=$((i % NGPU))
+  gpus=$(seq -s, "$g0" "$gl")
   EXTEND128_ARGS=$(field "$2" 2) OUT=$O/gpu$x bash $P extend128 >> "$O/gpu$x.txt" 2>&1
   until [ -e "$O/.prepare128$x" ]; do sleep 5; done
-  if [ ${#VARIANTS[@]} -eq 1 ]; then
-    multi train128 "--set context_parallel=$NGPU ${CPT128_SET:-} $(field "$2" 3)"  # e.g. "--set max_steps=120"
-  else
-    CUDA_VISIBLE_DEVICES=$g TRAIN_SET="${CPT128_SET:-} $(field "$2" 3)" OUT=$O/gpu$x bash $P train128 \
-      >> "$O/gpu$x.txt" 2>&1
-  fi
-  for r in $RECIPES; do  # one variant: recipe j on GPU j mod NGPU; several: all on the variant's own GPU, which
-    # the other variants' training does not use
+  tset="${CPT128_SET:-} $(field "$2" 3)"  # e.g. "--set max_steps=120"
+  case $VG:$CPT128_PARALLEL in  # the set on VG GPUs, then the one-GPU fallback's (the same sequences per step)
+    1:*) par=$tset ;;
+    *:cp) par="--set context_parallel=$VG $tset" ;;
+    *:dp) par=$tset; tset+=" --set grad_accum=$VG" ;;
+  esac
+  CUDA_VISIBLE_DEVICES=$gpus multi train128 "$VG" "$O/gpu$x" "$TRAIN128_NAME" "$par" "$tset"
+  for r in $RECIPES; do
     C=${r%%:*}; st=${r#"$C"}; st=${st#:}
-    sft_run "$C" "$st" $(( ${#VARIANTS[@]} == 1 ? j % NGPU : g )) "$x" &
+    sft_run "$C" "$st" $((g0 + j % VG)) "$x" $((g0 + (j + 1) % VG)) &
     j=$((j + 1))
   done
-  ( export CUDA_VISIBLE_DEVICES=$g CPT128_NAME=cpt128$x  # beside the SFT: the model it starts from
-    [ "$EVAL_CPT" = 1 ] && NIAH_BATCH=4 OUT=$O/eval$x bash $P eval128 > "$O/eval$x.txt" 2>&1
+  ( export CUDA_VISIBLE_DEVICES=$gl CPT128_NAME=cpt128$x  # beside the SFT: the model it starts from
+    [ "$EVAL_CPT" = 1 ] && NIAH_BATCH=$((VG > 1 ? 16 : 4)) OUT=$O/eval$x bash $P eval128 > "$O/eval$x.txt" 2>&1
     [ "$CPT_PPL" = 1 ] || exit 0
     c=$(latest "$CPT128")
     ppl ppl128-short-base$x "$PPL_SHORT" 8 "" --model "$GGUF" ${c:+--model $c}

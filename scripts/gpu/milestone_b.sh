@@ -44,8 +44,9 @@
 # them (the one-GPU recipe's tokens per step); "dp" data parallel (FSDP2), one sequence per GPU per step, so k
 # times the tokens in the same steps and about the same time (the tokens lever; the stream sees the one-GPU
 # run's sequences and those after them, epochs repeating the corpus in a new order). A variant's SFT recipes
-# train on its GPUs in turn; the work beside them (EVAL_CPT, CPT_PPL) runs on its last GPU, and each SFT
-# model's grids in UNSEEN_HAYSTACK on the next GPU of its variant beside its other grids.
+# train on its GPUs in turn; the work beside them (EVAL_CPT, CPT_PPL) runs on its last GPU, and, when a variant
+# has at least twice as many GPUs as recipes, each SFT model's grids in UNSEEN_HAYSTACK run on a GPU of its own
+# that trains no SFT, beside its other grids.
 # Measured: session 4 (one H200): SFT_RECIPES=configs/smollm2-135m-128k-sft.yaml:106 SFT_STOP=81 SFT_HALF=54;
 # session 5 (2 x H200): NGPU=2 SFT_DEADLINE_S=1080 SFT_RECIPES="configs/smollm2-135m-128k-sft-replay.yaml:118
 # configs/smollm2-135m-128k-sft-long.yaml" (the 128K model 7.4 min after the start; SFT steps 6.9-7.5 s, so the
@@ -232,6 +233,12 @@ if [ ${#VARIANTS[@]} -gt "$NGPU" ]; then
 fi
 case $CPT128_PARALLEL in cp|dp) ;; *) echo "CPT128_PARALLEL=$CPT128_PARALLEL: cp or dp" >&2; exit 2 ;; esac
 VG=$((NGPU / ${#VARIANTS[@]}))  # GPUs per variant
+read -ra RECIPE_LIST <<< "$RECIPES"
+NR=${#RECIPE_LIST[@]}
+SPARE=$((2 * NR <= VG))  # 1: each recipe of a variant has a GPU of its own that trains no SFT (its GPU NR + j)
+# for its extra grids, and the last GPU, where EVAL_CPT runs, trains none (a 128K grid at batch 16 holds ~48 GB
+# of KV cache, by arithmetic: 30 layers x 3 KV heads x 64 x 2 x 2 bytes x 131,072 tokens x 16: never beside an
+# SFT; the last GPU's EVAL_CPT grids are expected to end during the SFT, before an extra grid comes there)
 ga=$($PY -c "import yaml; print(yaml.safe_load(open('configs/smollm2-135m-32k.yaml'))['grad_accum'])")
 if [ $((ga % NGPU)) -ne 0 ]; then
   echo "grad_accum $ga of configs/smollm2-135m-32k.yaml is not divisible by NGPU=$NGPU" >&2; exit 2
@@ -278,8 +285,8 @@ if [ "${EVAL32:-0}" = 1 ]; then  # milestone A's grid of the 32K model, beside t
 fi
 essays=$($PY -c "from longreach import assets; print(assets.paul_graham_essays())")
 variant() {  # INDEX VARIANT: its 128K continued pretraining on its VG GPUs (i*VG ..), then every SFT recipe from
-  # it (recipe j on its GPU j mod VG, the extra grids on the next one), and beside them, on its last GPU, the
-  # perplexity (and EVAL_CPT's NIAH) of the model they start from
+  # it (recipe j on its GPU j mod VG, its extra grids on GPU NR + j if SPARE), and beside them, on its last
+  # GPU, the perplexity (and EVAL_CPT's NIAH) of the model they start from
   local i=$1 x c j=0 r C st g0=$((i * VG)) gl=$((i * VG + VG - 1)) gpus tset par
   x=$(suffix "$2")
   local BASE128=$W/smollm2-128k-base$x SHARDS128=$S/shards-128k$x CPT128=$W/cpt-128k$x TRAIN128_NAME=train128$x
@@ -296,11 +303,11 @@ variant() {  # INDEX VARIANT: its 128K continued pretraining on its VG GPUs (i*V
   CUDA_VISIBLE_DEVICES=$gpus multi train128 "$VG" "$O/gpu$x" "$TRAIN128_NAME" "$par" "$tset"
   for r in $RECIPES; do
     C=${r%%:*}; st=${r#"$C"}; st=${st#:}
-    sft_run "$C" "$st" $((g0 + j % VG)) "$x" $((g0 + (j + 1) % VG)) &
+    sft_run "$C" "$st" $((g0 + j % VG)) "$x" $((SPARE ? g0 + NR + j : g0 + j % VG)) &
     j=$((j + 1))
   done
   ( export CUDA_VISIBLE_DEVICES=$gl CPT128_NAME=cpt128$x  # beside the SFT: the model it starts from
-    [ "$EVAL_CPT" = 1 ] && NIAH_BATCH=$((VG > 1 ? 16 : 4)) OUT=$O/eval$x bash $P eval128 > "$O/eval$x.txt" 2>&1
+    [ "$EVAL_CPT" = 1 ] && NIAH_BATCH=$((SPARE ? 16 : 4)) OUT=$O/eval$x bash $P eval128 > "$O/eval$x.txt" 2>&1
     [ "$CPT_PPL" = 1 ] || exit 0
     c=$(latest "$CPT128")
     ppl ppl128-short-base$x "$PPL_SHORT" 8 "" --model "$GGUF" ${c:+--model $c}

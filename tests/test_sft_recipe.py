@@ -41,7 +41,8 @@ def test_chatqa2_example_config_has_the_paper_blends():
 
 
 @pytest.mark.parametrize("name", ["sft-smollm2-longqa.yaml", "smollm2-135m-32k-sft.yaml",
-                                  "smollm2-135m-128k-sft.yaml", "smollm2-135m-128k-sft-replay.yaml"])
+                                  "smollm2-135m-128k-sft.yaml", "smollm2-135m-128k-sft-replay.yaml",
+                                  "smollm2-135m-128k-sft-replay-mixed.yaml"])
 def test_gpu_sft_configs_pass_their_checks(name):
     from longreach.sft.synth import check_config
 
@@ -52,6 +53,18 @@ def test_gpu_sft_configs_pass_their_checks(name):
     if name != "sft-smollm2-longqa.yaml":  # one pass draws every synthesized sample once
         assert cfg.stages["sft3"].blend == {k: v.n for k, v in cfg.synth.items()}
         assert all("paul_graham" not in v.docs for v in cfg.synth.values())  # the NIAH haystack stays unseen
+
+
+def test_the_mixed_replay_recipe_differs_from_the_replay_recipe_only_in_its_statement_forms():
+    classic = recipe.load(str(ROOT / "configs" / "smollm2-135m-128k-sft-replay.yaml"), ["model=m"])
+    mixed = recipe.load(str(ROOT / "configs" / "smollm2-135m-128k-sft-replay-mixed.yaml"), ["model=m"])
+    assert {k for k, v in mixed.synth.items() if v.statement_forms == "mixed"} == {
+        k for k, v in classic.synth.items() if v.qa == "statement"}
+    for k, v in mixed.synth.items():
+        v.statement_forms = "classic"
+        assert v == classic.synth[k]
+    mixed.synth, mixed.out = classic.synth, classic.out
+    assert mixed == classic  # blend, training and stages too
 
 
 def test_recipe_checks_name_the_bad_field(tmp_path):

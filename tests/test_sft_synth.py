@@ -13,6 +13,7 @@ import pytest
 from longreach.data.readers import Document
 from longreach.errors import InputError
 from longreach.sft.synth import (
+    BARE_FORMS,
     STATEMENT_TEMPLATES,
     SynthConfig,
     count_tokens,
@@ -91,11 +92,49 @@ def test_statement_samples_ask_one_subject_among_others_without_an_instruction(t
         assert len(subjects) == 3
 
 
-def _pattern(template: str) -> str:
+def test_mixed_statement_forms_keep_every_draw_and_read_the_first_value_word_from_the_context():
+    bare = 0
+    for seed in range(200):
+        classic = statement_facts(np.random.default_rng(seed), 3)
+        mixed = statement_facts(np.random.default_rng(seed), 3, "mixed")
+        i = next(k for k, (_, q, _) in enumerate(STATEMENT_TEMPLATES) if re.fullmatch(_pattern(q), classic[0][1]))
+        if mixed == classic:
+            continue
+        bare += 1
+        assert i in BARE_FORMS  # the village template has no fixed word before its value, so no twin
+        for (fact, _, _), (mfact, mq, manswer) in zip(classic, mixed):
+            slots = re.fullmatch(_pattern(STATEMENT_TEMPLATES[i][0], named=True), fact).groupdict()
+            assert mfact == manswer == BARE_FORMS[i][0].format(**slots)  # same subject, time and value
+            assert mq == BARE_FORMS[i][1].format(**slots)
+            assert f" is {slots['v']}." in mfact and f"to {slots['v']}" not in mfact
+            assert "best thing" not in mfact.lower() and "to do is" not in mfact
+    assert 0.3 < bare / 200 < 0.55  # half the draws of the five templates with a twin: ~40%
+
+
+def test_statement_forms_are_checked(tok, docs):
+    with pytest.raises(InputError) as e:
+        synthesize(SynthConfig(qa="statement", statement_forms="bare"), tok, docs)
+    assert e.value.field == "statement_forms"
+
+
+def test_mixed_statement_samples_ask_a_fact_that_is_in_their_context_once(tok, docs):
+    cfg = SynthConfig(qa="statement", statement_forms="mixed", lengths=[400], n=12, facts=3, seed=2)
+    bare = [_pattern(f) for f, _ in BARE_FORMS.values()]
+    classic = [_pattern(f) for f, _, _ in STATEMENT_TEMPLATES]
+    recs = synthesize(cfg, tok, docs)
+    twins = sum(any(re.fullmatch(p, r["answer"]) for p in bare) for r in recs)
+    assert 0 < twins < len(recs)  # both forms in one set
+    for r in recs:
+        assert r["context"].count(r["answer"]) == 1 and r["answer"] == r["gold"]["text"]
+        assert any(re.fullmatch(p, r["answer"]) for p in bare + classic)
+
+
+def _pattern(template: str, named: bool = False) -> str:
     """A regex for a statement template: each {s} / {t} / {v} slot is a group of words without a period."""
     out = re.escape(template)
     for slot in ("s", "t", "v"):
-        out = out.replace(re.escape("{" + slot + "}"), r"([\w' ]+?)")
+        group = f"?P<{slot}>" if named else ""
+        out = out.replace(re.escape("{" + slot + "}"), "(" + group + r"[\w' ]+?)")
     return out
 
 

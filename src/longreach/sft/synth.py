@@ -67,6 +67,8 @@ class SynthConfig:
     piece_tokens: int = 512  # distractors: tokens per distractor document at most (whole sentences)
     split: str = "train"  # documents used: train (9 in 10, by a hash of the file name), heldout (1 in 10), all
     max_docs: int = 0  # use at most this many documents (0 = all); keeps quick runs quick
+    statement_forms: str = "classic"  # qa=statement: classic (STATEMENT_TEMPLATES) or mixed (~40% of the draws in
+    # BARE_FORMS, where no fixed "to" comes before the value; the same subjects, values and texts otherwise)
     seed: int = 0  # same seed, same samples
 
 
@@ -227,7 +229,11 @@ def needle_facts(rng: np.random.Generator, n: int) -> list[tuple[str, str, str]]
 
 
 # statement facts: (fact, question) with {s} the subject and {v} the value phrase; no template asks about a
-# city or "the best thing to do", so the default NIAH needle stays unseen
+# city or "the best thing to do", so the default NIAH needle stays unseen. In five of the six the value phrase
+# follows a fixed "to" ("... is to {v}", "likes to {v}"): the word that opens the answer is the template's,
+# not the context's. BARE_FORMS gives each of those five a twin whose value follows the link bare (a
+# pseudo-cleft, "What {s} does on {t} is {v}."), so that the first word after "is" has to be read from the
+# context too (statement_forms "mixed").
 STATEMENT_TEMPLATES = [
     ("{s}'s favourite way to spend {t} is to {v}.", "What is {s}'s favourite way to spend {t}?", "person"),
     ("The secret to a perfect {s} is to {v}.", "What is the secret to a perfect {s}?", "dish"),
@@ -239,6 +245,15 @@ STATEMENT_TEMPLATES = [
     ("On the last day of the festival, the people of {s} {v}.",
      "What do the people of {s} do on the last day of the festival?", "village"),
 ]
+BARE_FORMS = {  # template index -> its twin, the same subject kind and value, no fixed word before {v}
+    0: ("What {s} does on {t} is {v}.", "What does {s} do on {t}?"),
+    1: ("For a perfect {s}, what you do is {v}.", "What do you do for a perfect {s}?"),
+    2: ("What every member of the {s} must do first is {v}.", "What must every member of the {s} do first?"),
+    3: ("To reach the {s} quickly, all you do is {v}.", "What do you do to reach the {s} quickly?"),
+    4: ("Before every match, what the captain of the {s} does is {v}.",
+        "What does the captain of the {s} do before every match?"),
+}
+STATEMENT_FORMS = ("classic", "mixed")
 _SUBJECTS = {
     "person": ["Mara", "Tobias", "Ines", "Oskar", "Priya", "Lucas", "Hanna", "Mateo", "Yuki", "Elena",
                "Samir", "Greta", "Jonah", "Leila", "Felix", "Ada"],
@@ -267,16 +282,25 @@ _WHENS = ["at dawn", "after dinner", "before the first frost", "at midnight", "w
           "on a windy day", "when the tide is low", "at noon"]
 
 
-def statement_facts(rng: np.random.Generator, n: int) -> list[tuple[str, str, str]]:
+def statement_facts(rng: np.random.Generator, n: int, forms: str = "classic") -> list[tuple[str, str, str]]:
     """n synthetic sentence facts (fact, question, answer = the fact) of one template with distinct subjects;
-    each value phrase ("{action} and {action} {place} {when}") is drawn on its own."""
-    fact_t, question_t, kind = STATEMENT_TEMPLATES[int(rng.integers(len(STATEMENT_TEMPLATES)))]
+    each value phrase ("{action} and {action} {place} {when}") is drawn on its own.
+
+    forms "mixed": half of the draws (by a hash of the first value phrase, so `rng` is used exactly as for
+    "classic" and the subjects and values are the same) use the template's BARE_FORMS twin, if it has one."""
+    i = int(rng.integers(len(STATEMENT_TEMPLATES)))
+    fact_t, question_t, kind = STATEMENT_TEMPLATES[i]
     subjects = rng.choice(_SUBJECTS[kind], size=n, replace=False)
     t = _TIMES[int(rng.integers(len(_TIMES)))]
-    out = []
-    for s in subjects:
+    values = []
+    for _ in subjects:
         a, b = rng.choice(_ACTIONS, size=2, replace=False)
-        v = f"{a} and {b} {_PLACES[int(rng.integers(len(_PLACES)))]} {_WHENS[int(rng.integers(len(_WHENS)))]}"
+        values.append(f"{a} and {b} {_PLACES[int(rng.integers(len(_PLACES)))]} "
+                      f"{_WHENS[int(rng.integers(len(_WHENS)))]}")
+    if forms == "mixed" and i in BARE_FORMS and zlib.crc32(values[0].encode()) % 2:
+        fact_t, question_t = BARE_FORMS[i]
+    out = []
+    for s, v in zip(subjects, values):
         fact = fact_t.format(s=s, t=t, v=v)
         out.append((fact, question_t.format(s=s, t=t), fact))
     return out
@@ -356,7 +380,8 @@ def make_sample(cfg: SynthConfig, pool: DocPool, length: int, rng: np.random.Gen
     sentence = None
     instruction: str | None = SHORT_SPAN
     if cfg.qa in ("needle", "statement"):
-        facts = (needle_facts if cfg.qa == "needle" else statement_facts)(rng, max(1, cfg.facts))
+        facts = (needle_facts(rng, max(1, cfg.facts)) if cfg.qa == "needle" else
+                 statement_facts(rng, max(1, cfg.facts), cfg.statement_forms))
         gold, question, answer = facts[0]
         others = [f for f, _, _ in facts[1:]]
         if cfg.qa == "statement":
@@ -417,6 +442,9 @@ def check_config(cfg: SynthConfig) -> None:
         raise InputError(f"lengths must be target token counts >= 16, got {cfg.lengths}", field="lengths")
     if cfg.n < 1:
         raise InputError(f"n must be >= 1, got {cfg.n}", field="n")
+    if cfg.statement_forms not in STATEMENT_FORMS:
+        raise InputError(f"statement_forms must be one of {STATEMENT_FORMS}, got {cfg.statement_forms!r}",
+                         field="statement_forms")
     most = min(len(v) for v in _SUBJECTS.values())
     if cfg.qa == "statement" and not 1 <= cfg.facts <= most:
         raise InputError(f"qa=statement takes 1 to {most} facts per context (its templates' subjects), got "

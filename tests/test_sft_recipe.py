@@ -74,7 +74,10 @@ def test_recipe_checks_name_the_bad_field(tmp_path):
                           ({"stages": {"s1": {"blend": {"a": 1}, "train": {"model": "x"}}}}, "stages.s1.train"),
                           ({"stages": {"s1": {"blend": {"a": 1}, "train": {"lr": "fast"}}}}, "stages.s1.train.lr"),
                           ({"stages": {"s1": {"blnd": {"a": 1}}}}, "stages.s1"),
-                          ({"format": "alpaca"}, "format")]:
+                          ({"format": "alpaca"}, "format"),
+                          ({"synth": {"x": {"qa": "statement", "statement_forms": "bare"}}},
+                           "synth.x.statement_forms"),
+                          ({"synth": {"x": {"qa": "cloze", "lengths": [8]}}}, "synth.x.lengths")]:
         path = tmp_path / "r.yaml"
         path.write_text(yaml.safe_dump({**base, **change}))
         with pytest.raises(InputError) as e:

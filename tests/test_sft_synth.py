@@ -95,8 +95,10 @@ def test_statement_samples_ask_one_subject_among_others_without_an_instruction(t
 def test_mixed_statement_forms_keep_every_draw_and_read_the_first_value_word_from_the_context():
     bare = 0
     for seed in range(200):
-        classic = statement_facts(np.random.default_rng(seed), 3)
-        mixed = statement_facts(np.random.default_rng(seed), 3, "mixed")
+        rng_classic, rng_mixed = np.random.default_rng(seed), np.random.default_rng(seed)
+        classic = statement_facts(rng_classic, 3)
+        mixed = statement_facts(rng_mixed, 3, "mixed")
+        assert rng_mixed.bit_generator.state == rng_classic.bit_generator.state  # the form costs no draw
         i = next(k for k, (_, q, _) in enumerate(STATEMENT_TEMPLATES) if re.fullmatch(_pattern(q), classic[0][1]))
         if mixed == classic:
             continue
@@ -115,6 +117,8 @@ def test_statement_forms_are_checked(tok, docs):
     with pytest.raises(InputError) as e:
         synthesize(SynthConfig(qa="statement", statement_forms="bare"), tok, docs)
     assert e.value.field == "statement_forms"
+    with pytest.raises(InputError):
+        statement_facts(np.random.default_rng(0), 2, "bare")
 
 
 def test_mixed_statement_samples_ask_a_fact_that_is_in_their_context_once(tok, docs):
@@ -124,6 +128,9 @@ def test_mixed_statement_samples_ask_a_fact_that_is_in_their_context_once(tok, d
     recs = synthesize(cfg, tok, docs)
     twins = sum(any(re.fullmatch(p, r["answer"]) for p in bare) for r in recs)
     assert 0 < twins < len(recs)  # both forms in one set
+    cfg.statement_forms = "classic"
+    for r, c in zip(recs, synthesize(cfg, tok, docs)):  # a sample whose form is unchanged is the classic one
+        assert (r == c) == (r["question"] == c["question"])
     for r in recs:
         assert r["context"].count(r["answer"]) == 1 and r["answer"] == r["gold"]["text"]
         assert any(re.fullmatch(p, r["answer"]) for p in bare + classic)

@@ -92,6 +92,7 @@ def load(path: str | None, overrides: list[str] | None = None) -> SFTConfig:
 
 def check(cfg: SFTConfig) -> None:
     from longreach.sft.format import FORMATS
+    from longreach.sft.synth import check_config as check_synth
     from longreach.train.config import TrainConfig
 
     if not cfg.model:
@@ -120,6 +121,11 @@ def check(cfg: SFTConfig) -> None:
     for name, d in cfg.datasets.items():
         if not d.path:
             raise InputError("no path", field=f"datasets.{name}")
+    for name, scfg in cfg.synth.items():  # before any tokenizer loads or set is made
+        try:
+            check_synth(scfg)
+        except InputError as e:
+            raise InputError(e.reason, field=f"synth.{name}" + (f".{e.field}" if e.field else "")) from None
 
 
 def _log(msg: str) -> None:

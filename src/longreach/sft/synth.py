@@ -68,7 +68,8 @@ class SynthConfig:
     split: str = "train"  # documents used: train (9 in 10, by a hash of the file name), heldout (1 in 10), all
     max_docs: int = 0  # use at most this many documents (0 = all); keeps quick runs quick
     statement_forms: str = "classic"  # qa=statement: classic (STATEMENT_TEMPLATES) or mixed (~40% of the draws in
-    # BARE_FORMS, where no fixed "to" comes before the value; the same subjects, values and texts otherwise)
+    # BARE_FORMS, where no fixed "to" comes before the value; the same subjects and values; a sample whose form
+    # is unchanged is the classic one byte for byte)
     seed: int = 0  # same seed, same samples
 
 
@@ -288,6 +289,9 @@ def statement_facts(rng: np.random.Generator, n: int, forms: str = "classic") ->
 
     forms "mixed": half of the draws (by a hash of the first value phrase, so `rng` is used exactly as for
     "classic" and the subjects and values are the same) use the template's BARE_FORMS twin, if it has one."""
+    if forms not in STATEMENT_FORMS:
+        raise InputError(f"statement_forms must be one of {STATEMENT_FORMS}, got {forms!r}",
+                         field="statement_forms")
     i = int(rng.integers(len(STATEMENT_TEMPLATES)))
     fact_t, question_t, kind = STATEMENT_TEMPLATES[i]
     subjects = rng.choice(_SUBJECTS[kind], size=n, replace=False)
@@ -297,7 +301,7 @@ def statement_facts(rng: np.random.Generator, n: int, forms: str = "classic") ->
         a, b = rng.choice(_ACTIONS, size=2, replace=False)
         values.append(f"{a} and {b} {_PLACES[int(rng.integers(len(_PLACES)))]} "
                       f"{_WHENS[int(rng.integers(len(_WHENS)))]}")
-    if forms == "mixed" and i in BARE_FORMS and zlib.crc32(values[0].encode()) % 2:
+    if forms == "mixed" and values and i in BARE_FORMS and zlib.crc32(values[0].encode()) % 2:
         fact_t, question_t = BARE_FORMS[i]
     out = []
     for s, v in zip(subjects, values):

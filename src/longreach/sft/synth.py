@@ -255,6 +255,14 @@ BARE_FORMS = {  # template index -> its twin, the same subject kind and value, n
         "What does the captain of the {s} do before every match?"),
 }
 STATEMENT_FORMS = ("classic", "mixed")
+
+
+def _check_forms(forms: str) -> None:
+    if forms not in STATEMENT_FORMS:
+        raise InputError(f"statement_forms must be one of {STATEMENT_FORMS}, got {forms!r}",
+                         field="statement_forms")
+
+
 _SUBJECTS = {
     "person": ["Mara", "Tobias", "Ines", "Oskar", "Priya", "Lucas", "Hanna", "Mateo", "Yuki", "Elena",
                "Samir", "Greta", "Jonah", "Leila", "Felix", "Ada"],
@@ -289,9 +297,7 @@ def statement_facts(rng: np.random.Generator, n: int, forms: str = "classic") ->
 
     forms "mixed": half of the draws (by a hash of the first value phrase, so `rng` is used exactly as for
     "classic" and the subjects and values are the same) use the template's BARE_FORMS twin, if it has one."""
-    if forms not in STATEMENT_FORMS:
-        raise InputError(f"statement_forms must be one of {STATEMENT_FORMS}, got {forms!r}",
-                         field="statement_forms")
+    _check_forms(forms)
     i = int(rng.integers(len(STATEMENT_TEMPLATES)))
     fact_t, question_t, kind = STATEMENT_TEMPLATES[i]
     subjects = rng.choice(_SUBJECTS[kind], size=n, replace=False)
@@ -446,9 +452,7 @@ def check_config(cfg: SynthConfig) -> None:
         raise InputError(f"lengths must be target token counts >= 16, got {cfg.lengths}", field="lengths")
     if cfg.n < 1:
         raise InputError(f"n must be >= 1, got {cfg.n}", field="n")
-    if cfg.statement_forms not in STATEMENT_FORMS:
-        raise InputError(f"statement_forms must be one of {STATEMENT_FORMS}, got {cfg.statement_forms!r}",
-                         field="statement_forms")
+    _check_forms(cfg.statement_forms)
     most = min(len(v) for v in _SUBJECTS.values())
     if cfg.qa == "statement" and not 1 <= cfg.facts <= most:
         raise InputError(f"qa=statement takes 1 to {most} facts per context (its templates' subjects), got "

@@ -230,16 +230,20 @@ def test_trials_read_the_haystack_from_seeded_paragraphs(essays):
         assert b.count_tokens(prompt) == length and render(b.tokenizer, prompt).count(niah.DEFAULT_NEEDLE) == 1
 
 
-def test_run_with_trials_gives_each_trial_its_own_haystack(tmp_path, essays):
-    seen: list[str] = []
-
+def recording_backend(seen: list[str]):
+    """The tiny backend, rendering each prompt it is asked to answer into `seen`."""
     class Recording(type(tiny_backend())):
         def generate(self, prompts, *a, **k):
             seen.extend(render(self.tokenizer, p) for p in prompts)
             return super().generate(prompts, *a, **k)
 
     b = tiny_backend()
-    rec = Recording(b.model, b.tokenizer, device="cpu", batch_size=4)
+    return Recording(b.model, b.tokenizer, device="cpu", batch_size=4)
+
+
+def test_run_with_trials_gives_each_trial_its_own_haystack(tmp_path, essays):
+    seen: list[str] = []
+    rec = recording_backend(seen)
     one = niah.run(niah.NiahConfig(model="tiny", lengths=[300], depths=[50], out=str(tmp_path / "a"),
                                    max_new_tokens=4, haystack=essays), backend=rec)
     single = list(seen)
@@ -267,3 +271,30 @@ def test_run_with_trials_gives_each_trial_its_own_haystack(tmp_path, essays):
         else:
             seen.clear()
             assert niah.run(cfg, backend=rec)["cells"] == one["cells"] and not seen  # resumed: nothing asked
+
+
+def test_drop_sentences_leaves_out_the_matching_sentences_and_their_trailing_space():
+    text = "A cat sat. San Francisco is far. Dogs bark.\n\nThe best thing is tea. End."
+    assert niah.drop_sentences(text, "San Francisco|best thing") == ("A cat sat. Dogs bark.\n\nEnd.", 2)
+    assert niah.drop_sentences(text, "Gotham") == (text, 0)
+    kept = text.removesuffix("End.")
+    assert niah.drop_sentences(text, "End") == (kept, 1) and kept.endswith("is tea. ")
+
+
+def test_run_drops_haystack_sentences_but_never_the_needle(tmp_path):
+    seen: list[str] = []
+    rec = recording_backend(seen)
+    hay = tmp_path / "hay.txt"
+    hay.write_text(" ".join(f"Sentence {i} is about {'Gotham' if i % 7 == 0 else 'essays'}." for i in range(400)))
+    cfg = {"model": "tiny", "lengths": [300], "depths": [0, 100], "max_new_tokens": 4, "haystack": str(hay)}
+    niah.run(niah.NiahConfig(**cfg, out=str(tmp_path / "a")), backend=rec)
+    assert all("Gotham" in p for p in seen)
+    seen.clear()
+    res = niah.run(niah.NiahConfig(**cfg, out=str(tmp_path / "b"), drop_sentences="Gotham|San Francisco"),
+                   backend=rec)
+    assert len(seen) == 2 and not any("Gotham" in p for p in seen)
+    assert all(niah.DEFAULT_NEEDLE in p for p in seen)  # the needle names San Francisco and stays
+    assert res["drop_sentences"] == "Gotham|San Francisco" and res["sentences_dropped"] == 58
+    with pytest.raises(InputError) as e:
+        niah.run(niah.NiahConfig(**cfg, out=str(tmp_path / "c"), drop_sentences="(unclosed"), backend=rec)
+    assert e.value.field == "drop_sentences"

@@ -43,6 +43,8 @@ def niah(
                                        "--no-rotate-haystack, its own haystack start (a seeded paragraph)"),
     rotate_haystack: bool = typer.Option(True, "--rotate-haystack/--no-rotate-haystack",
                                          help="trials after the first read the haystack from a seeded paragraph"),
+    drop_sentences: str = typer.Option("", help="regex: leave out the haystack sentences it matches (does the "
+                                                "haystack itself hold distractors for the question?)"),
     distractor: Annotated[list[str] | None, typer.Option(help="logprob mode: a wrong answer (repeatable)")] = None,
     subject: str | None = typer.Option(None, help="logprob: words of needle and question naming what is asked"),
     distractor_subject: Annotated[list[str] | None, typer.Option(
@@ -62,6 +64,7 @@ def niah(
     cfg = NiahConfig(model=model, haystack=haystack, lengths=_numbers(lengths, int, "lengths"),
                      depths=_numbers(depths, float, "depths"), out=out, mode=mode, chat=chat, base_url=base_url,
                      served_model=served_model, trials=trials, rotate_haystack=rotate_haystack,
+                     drop_sentences=drop_sentences,
                      key_digits=key_digits,
                      max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, resume=resume,
                      distractors_in_context=distractors_in_context)

@@ -95,6 +95,8 @@ class NiahConfig:
     served_model: str | None = None  # the server's model id; None: the first one it lists
     trials: int = 1  # prompts per cell; a cell scores their mean (each trial its own haystack and pass key)
     rotate_haystack: bool = True  # trial t > 0 starts the haystack at a seeded paragraph (trial 0 at the start)
+    drop_sentences: str = ""  # a regex: haystack sentences it matches are left out (does the haystack itself hold
+    # distractors for the question? e.g. "San Francisco" for the default needle; the needle is never dropped)
     max_new_tokens: int = 64  # room for a short sentence that restates the answer
     distractors: list[str] = field(default_factory=lambda: list(DEFAULT_DISTRACTORS))  # logprob, text answers
     distractors_digits: int = 5  # logprob, pass keys: this many random keys compete with the answer
@@ -200,6 +202,23 @@ def distractor_depths(n: int, depth: float, rng: random.Random, gap: float = 5.0
         if abs(d - depth) >= gap or n > 100 / (2 * gap):
             out.append(d)
     return out
+
+
+def drop_sentences(text: str, pattern: str) -> tuple[str, int]:
+    """`text` without the sentences `pattern` matches (re.search), and how many those were; the whitespace after
+    a dropped sentence goes with it."""
+    from longreach.rag.chunk import sentence_spans
+
+    regex = re.compile(pattern)
+    kept, at, dropped = [], 0, 0
+    for start, end in sentence_spans(text):
+        if regex.search(text[start:end]):
+            kept.append(text[at:start])
+            at, dropped = end, dropped + 1
+            while at < len(text) and text[at].isspace():
+                at += 1
+    kept.append(text[at:])
+    return "".join(kept), dropped
 
 
 def haystack_start(text: str, seed: int, trial: int) -> int:
@@ -350,6 +369,10 @@ def _check(cfg: NiahConfig) -> None:
         raise InputError("depths are percentages in 0..100", field="depths")
     if cfg.trials < 1:
         raise InputError("trials must be >= 1", field="trials")
+    try:
+        re.compile(cfg.drop_sentences)
+    except re.error as e:
+        raise InputError(f"not a regular expression: {e}", field="drop_sentences") from None
     if "{key}" in cfg.answer and "{key}" not in cfg.needle:
         raise InputError("the answer uses {key} but the needle does not", field="answer")
     if cfg.answer.replace("{key}", "1") not in cfg.needle.replace("{key}", "1"):
@@ -431,6 +454,9 @@ def run(cfg: NiahConfig, backend: Any = None) -> dict[str, Any]:
     _check_resume(resolved, out)
     config_io.dump(resolved, out / "config.yaml")
     text = read_haystack(cfg.haystack)
+    dropped = 0
+    if cfg.drop_sentences:
+        text, dropped = drop_sentences(text, cfg.drop_sentences)
     starts = [haystack_start(text, cfg.seed, t) if cfg.rotate_haystack else 0 for t in range(cfg.trials)]
     hays: dict[int, Haystack] = {}  # one per start, tokenized when its first prompt is built
 
@@ -466,7 +492,7 @@ def run(cfg: NiahConfig, backend: Any = None) -> dict[str, Any]:
             cells.append({"length": int(length), "depth": float(depth), "score": sum(got) / len(got)})
     results = {"model": cfg.model, "cells": cells, "mean": sum(c["score"] for c in cells) / len(cells),
                "mode": cfg.mode, "chat": chat, "trials": cfg.trials, "haystack_starts": starts,
-               "needle": cfg.needle,
+               "needle": cfg.needle, "drop_sentences": cfg.drop_sentences, "sentences_dropped": dropped,
                "distractors_in_context": cfg.mode == "logprob" and cfg.distractors_in_context,
                "question": cfg.question, "answer": cfg.answer, "seconds": round(time.time() - start, 1)}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

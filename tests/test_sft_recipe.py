@@ -55,16 +55,18 @@ def test_gpu_sft_configs_pass_their_checks(name):
         assert all("paul_graham" not in v.docs for v in cfg.synth.values())  # the NIAH haystack stays unseen
 
 
-def test_the_mixed_replay_recipe_differs_from_the_replay_recipe_only_in_its_statement_forms():
+@pytest.mark.parametrize("variant,field,value", [("mixed", "statement_forms", "mixed"),
+                                                  ("echo", "subject_echoes", 3)])
+def test_each_replay_variant_differs_from_the_replay_recipe_only_in_its_statement_sets_field(variant, field, value):
     classic = recipe.load(str(ROOT / "configs" / "smollm2-135m-128k-sft-replay.yaml"), ["model=m"])
-    mixed = recipe.load(str(ROOT / "configs" / "smollm2-135m-128k-sft-replay-mixed.yaml"), ["model=m"])
-    assert {k for k, v in mixed.synth.items() if v.statement_forms == "mixed"} == {
+    other = recipe.load(str(ROOT / "configs" / f"smollm2-135m-128k-sft-replay-{variant}.yaml"), ["model=m"])
+    assert {k for k, v in other.synth.items() if getattr(v, field) == value} == {
         k for k, v in classic.synth.items() if v.qa == "statement"}
-    for k, v in mixed.synth.items():
-        v.statement_forms = "classic"
+    for k, v in other.synth.items():
+        setattr(v, field, getattr(classic.synth[k], field))
         assert v == classic.synth[k]
-    mixed.synth, mixed.out = classic.synth, classic.out
-    assert mixed == classic  # blend, training and stages too
+    other.synth, other.out = classic.synth, classic.out
+    assert other == classic  # blend, training and stages too
 
 
 def test_recipe_checks_name_the_bad_field(tmp_path):

@@ -15,6 +15,7 @@ from longreach.errors import InputError
 from longreach.sft.synth import (
     BARE_FORMS,
     STATEMENT_TEMPLATES,
+    SUBJECT_ECHOES,
     SynthConfig,
     count_tokens,
     in_split,
@@ -134,6 +135,39 @@ def test_mixed_statement_samples_ask_a_fact_that_is_in_their_context_once(tok, d
     for r in recs:
         assert r["context"].count(r["answer"]) == 1 and r["answer"] == r["gold"]["text"]
         assert any(re.fullmatch(p, r["answer"]) for p in bare + classic)
+
+
+@pytest.mark.parametrize("construction", ["insert", "distractors"])
+def test_subject_echoes_name_the_asked_subject_elsewhere_without_its_value(tok, docs, construction):
+    cfg = SynthConfig(qa="statement", construction=construction, subject_echoes=3, lengths=[500, 900], n=6,
+                      facts=3, piece_tokens=150, seed=4)
+    plain = synthesize(SynthConfig(**{**cfg.__dict__, "subject_echoes": 0}), tok, docs)
+    for r, p in zip(synthesize(cfg, tok, docs), plain):
+        assert (r["question"], r["answer"]) == (p["question"], p["answer"])  # the echoes draw after the facts
+        fact_t, kind = next((f, k) for f, q, k in STATEMENT_TEMPLATES if re.fullmatch(_pattern(q), r["question"]))
+        slots = re.fullmatch(_pattern(fact_t, named=True), r["answer"]).groupdict()
+        echoes = [e.format(s=slots["s"]) for e in SUBJECT_ECHOES[kind] if e.format(s=slots["s"]) in r["context"]]
+        assert len(echoes) == 3 and all(r["context"].count(e) == 1 for e in echoes)
+        assert r["context"].count(r["answer"]) == 1 and r["answer"] == r["gold"]["text"]
+        assert not any(slots["v"] in e for e in echoes) and r["tokens"] <= r["target_tokens"]
+
+
+@pytest.mark.parametrize("change", [{"subject_echoes": 5}, {"subject_echoes": -1},
+                                    {"subject_echoes": 2, "qa": "needle"}])
+def test_subject_echoes_are_checked(tok, docs, change):
+    with pytest.raises(InputError) as e:
+        synthesize(SynthConfig(**{"qa": "statement", **change}), tok, docs)
+    assert e.value.field == "subject_echoes"
+
+
+def test_subject_echoes_share_no_word_with_the_value_phrases():
+    from longreach.sft.synth import _ACTIONS, _PLACES, _WHENS
+    glue = {"a", "an", "the", "and", "at", "in", "on", "by", "of", "to", "is", "it"}
+    value_words = {w for p in _ACTIONS + _PLACES + _WHENS for w in re.findall(r"[a-z]+", p.lower())} - glue
+    for sentences in SUBJECT_ECHOES.values():
+        assert len(sentences) == 4
+        for e in sentences:
+            assert "{s}" in e and not set(re.findall(r"[a-z]+", e.lower())) & value_words, e
 
 
 def _pattern(template: str, named: bool = False) -> str:

@@ -19,7 +19,9 @@ Where the QA pairs come from (`qa`):
   ("What is Mara's favourite way to spend a rainy afternoon?") and answered by restating the sentence; the
   other facts share the template with other subjects, so the answer must be bound to the asked subject. It
   teaches needle-in-a-haystack retrieval in the answer form a chat user expects, with templates, subjects and
-  phrases that are not the NIAH test's (no city, no "best thing to do"; `STATEMENT_TEMPLATES`).
+  phrases that are not the NIAH test's (no city, no "best thing to do"; `STATEMENT_TEMPLATES`). With
+  `subject_echoes`, more sentences name the asked subject without its value, so the subject alone does not lead
+  to the answer (`SUBJECT_ECHOES`).
 - cloze: SYNTHETIC questions on real text: a paragraph of a real document is the gold passage and one of its
   sentences is asked back with a word blanked out.
 - text: no question - real running text of the target length ({"text": ...}), trained on every token: the
@@ -70,6 +72,8 @@ class SynthConfig:
     statement_forms: str = "classic"  # qa=statement: classic (STATEMENT_TEMPLATES) or mixed (~40% of the draws in
     # BARE_FORMS, where no fixed "to" comes before the value; the same subjects and values; a sample whose form
     # is unchanged is the classic one byte for byte)
+    subject_echoes: int = 0  # qa=statement: this many more sentences (at most 4) name the asked fact's subject
+    # but not its value (SUBJECT_ECHOES), placed like the other facts, so the subject's place is not the answer's
     seed: int = 0  # same seed, same samples
 
 
@@ -291,12 +295,39 @@ _WHENS = ["at dawn", "after dinner", "before the first frost", "at midnight", "w
           "on a windy day", "when the tide is low", "at noon"]
 
 
+# Sentences that name a subject in another relation than the templates' (SynthConfig.subject_echoes). In the
+# issue's NIAH grid the question's subject, "San Francisco", is named three more times in the essays, at tokens
+# ~95.8K-98.4K, in a passage about startup hubs (docs/RESULTS.md session 18); in the classic statement data the
+# asked subject is named only in its fact, so where the subject is, the answer is. None of these uses a word of
+# _ACTIONS, _PLACES or _WHENS, and none can be read as an answer to its template's question.
+SUBJECT_ECHOES = {
+    "person": ["{s} once lived in a narrow house with a green door.", "Everyone at the market knows {s} by name.",
+               "{s} wrote a long letter to a dear friend last winter.",
+               "Nobody in the family laughs as loudly as {s}."],
+    "dish": ["A recipe for {s} was printed in the local paper.", "The {s} at the corner cafe was cold again.",
+             "Some guests never order the {s} twice.", "Grandfather claimed to have invented the {s}."],
+    "club": ["The {s} meets in the back room of the library.", "The {s} elected a new treasurer last spring.",
+             "A photograph of the {s} hangs in the town hall.", "The {s} was founded by two retired teachers."],
+    "landmark": ["Tourists often photograph the {s}.", "The {s} was rebuilt following the great storm.",
+                 "A painting of the {s} hangs in the museum.", "Maps from the last century do not show the {s}."],
+    "team": ["The {s} wear striped shirts.", "The {s} lost three matches in a row last season.",
+             "A new coach joined the {s} this year.", "The {s} travel to away games by coach."],
+    "village": ["{s} has a small market on Thursdays.", "The road to {s} is narrow and steep.",
+                "Few maps show {s} at all.", "The post office in {s} closed years ago."],
+}
+
+
 def statement_facts(rng: np.random.Generator, n: int, forms: str = "classic") -> list[tuple[str, str, str]]:
     """n synthetic sentence facts (fact, question, answer = the fact) of one template with distinct subjects;
     each value phrase ("{action} and {action} {place} {when}") is drawn on its own.
 
     forms "mixed": half of the draws (by a hash of the first value phrase, so `rng` is used exactly as for
     "classic" and the subjects and values are the same) use the template's BARE_FORMS twin, if it has one."""
+    return _statement_draw(rng, n, forms)[0]
+
+
+def _statement_draw(rng: np.random.Generator, n: int, forms: str) -> tuple[list[tuple[str, str, str]], str, str]:
+    """statement_facts, with the template's subject kind and the first (asked) fact's subject."""
     _check_forms(forms)
     i = int(rng.integers(len(STATEMENT_TEMPLATES)))
     fact_t, question_t, kind = STATEMENT_TEMPLATES[i]
@@ -313,7 +344,15 @@ def statement_facts(rng: np.random.Generator, n: int, forms: str = "classic") ->
     for s, v in zip(subjects, values):
         fact = fact_t.format(s=s, t=t, v=v)
         out.append((fact, question_t.format(s=s, t=t), fact))
-    return out
+    return out, kind, str(subjects[0])
+
+
+def subject_echoes(rng: np.random.Generator, kind: str, subject: str, n: int) -> list[str]:
+    """n distinct sentences of SUBJECT_ECHOES[kind] about `subject`, none with a value phrase's words."""
+    if n <= 0:
+        return []
+    picks = rng.choice(len(SUBJECT_ECHOES[kind]), size=n, replace=False)
+    return [SUBJECT_ECHOES[kind][int(k)].format(s=subject) for k in picks]
 
 
 _WORD = re.compile(r"[A-Za-z]{6,}")
@@ -390,10 +429,14 @@ def make_sample(cfg: SynthConfig, pool: DocPool, length: int, rng: np.random.Gen
     sentence = None
     instruction: str | None = SHORT_SPAN
     if cfg.qa in ("needle", "statement"):
-        facts = (needle_facts(rng, max(1, cfg.facts)) if cfg.qa == "needle" else
-                 statement_facts(rng, max(1, cfg.facts), cfg.statement_forms))
+        echoes: list[str] = []
+        if cfg.qa == "needle":
+            facts = needle_facts(rng, max(1, cfg.facts))
+        else:
+            facts, kind, subject = _statement_draw(rng, max(1, cfg.facts), cfg.statement_forms)
+            echoes = subject_echoes(rng, kind, subject, cfg.subject_echoes)
         gold, question, answer = facts[0]
-        others = [f for f, _, _ in facts[1:]]
+        others = [f for f, _, _ in facts[1:]] + echoes
         if cfg.qa == "statement":
             instruction = ""  # asked as a NIAH question is: the question alone, the answer a sentence
     elif cfg.qa == "cloze":
@@ -457,6 +500,10 @@ def check_config(cfg: SynthConfig) -> None:
     if cfg.qa == "statement" and not 1 <= cfg.facts <= most:
         raise InputError(f"qa=statement takes 1 to {most} facts per context (its templates' subjects), got "
                          f"{cfg.facts}", field="facts")
+    echoes = min(len(v) for v in SUBJECT_ECHOES.values())
+    if not 0 <= cfg.subject_echoes <= echoes or (cfg.subject_echoes and cfg.qa != "statement"):
+        raise InputError(f"subject_echoes is 0 to {echoes}, and only for qa=statement (got {cfg.subject_echoes} "
+                         f"with qa={cfg.qa})", field="subject_echoes")
 
 
 def synthesize(cfg: SynthConfig, tok: Any, docs: list[Any] | None = None, pool: DocPool | None = None,

@@ -93,6 +93,10 @@ UNSEEN_HAYSTACK=${UNSEEN_HAYSTACK:-}  # e.g. /root/stage/haystack/jargon-lexicon
 CROSS_GRIDS=${CROSS_GRIDS:-0}  # 1 (with UNSEEN_HAYSTACK): also the two halves of the unseen grid, which of the
 # needle and the haystack makes the difference: RING in the essays (eval/NAME-STEP-unseen-needle-generate) and
 # the default needle in UNSEEN_HAYSTACK (eval/NAME-STEP-unseen-haystack-generate)
+SCRUB=${SCRUB:-}  # e.g. "San Francisco|best thing": each final SFT model's issue grid again at SCRUB_LENGTHS, with the
+# essays' sentences that match it left out (`eval niah --drop-sentences`), beside its grid in UNSEEN_HAYSTACK on the
+# same GPU (eval/NAME-STEP-scrub-generate): do the essays themselves hold what draws the answer away?
+SCRUB_LENGTHS=${SCRUB_LENGTHS:-96000,128000}
 CPT128_PARALLEL=${CPT128_PARALLEL:-cp}
 LOGPROB_LENGTHS=${LOGPROB_LENGTHS:-}  # e.g. "32000,64000,96000,128000": NIAH scored by log-probability too
 # (the answer against 5 distractors, each also a needle in the context), for each final SFT model
@@ -144,12 +148,19 @@ newest() {  # NAME: the newest SFT checkpoint's step, 0 before the first
 ckpt() { echo "$W/$1/sft3/checkpoints/$(printf 'step-%06d' "$2")"; }  # NAME STEP
 
 extra_grids() {  # MODEL NAME WHICH: the grids beyond the issue's, "hay": those in UNSEEN_HAYSTACK (RING there, and
-  # with CROSS_GRIDS the default needle there); "needle": with CROSS_GRIDS, RING in the essays
-  [ -n "$UNSEEN_HAYSTACK" ] || return 0
+  # with CROSS_GRIDS the default needle there) and, at the same time, the SCRUB grid; "needle": with CROSS_GRIDS,
+  # RING in the essays
   if [ "$3" = hay ]; then
-    niah_gen "$1" "$2-unseen" 16 "$L128" "${RING[@]}" --haystack "$UNSEEN_HAYSTACK"
-    [ "$CROSS_GRIDS" != 1 ] || niah_gen "$1" "$2-unseen-haystack" 16 "$L128" --haystack "$UNSEEN_HAYSTACK"
-  elif [ "$CROSS_GRIDS" = 1 ]; then
+    local scrub=
+    if [ -n "$SCRUB" ]; then
+      niah_gen "$1" "$2-scrub" 16 "$SCRUB_LENGTHS" --drop-sentences "$SCRUB" & scrub=$!
+    fi
+    if [ -n "$UNSEEN_HAYSTACK" ]; then
+      niah_gen "$1" "$2-unseen" 16 "$L128" "${RING[@]}" --haystack "$UNSEEN_HAYSTACK"
+      [ "$CROSS_GRIDS" != 1 ] || niah_gen "$1" "$2-unseen-haystack" 16 "$L128" --haystack "$UNSEEN_HAYSTACK"
+    fi
+    [ -z "$scrub" ] || wait "$scrub"
+  elif [ -n "$UNSEEN_HAYSTACK" ] && [ "$CROSS_GRIDS" = 1 ]; then
     niah_gen "$1" "$2-unseen-needle" 16 "$L128" "${RING[@]}"
   fi
 }
@@ -194,12 +205,10 @@ sft_run() {  # CONFIG STEPS GPU SUFFIX [GPU2]: one 128K SFT (started once its da
   m=$(latest "$W/$T/sft3"); [ -n "$m" ] || return
   n=$((10#${m##*-}))
   echo "$T: NIAH and perplexity of step $n" >> "$O/gpu.txt"
-  if [ "$g2" = "$3" ]; then
-    niah_gen "$m" "$T-$n" 16; extra_grids "$m" "$T-$n" hay
-  else  # two GPUs: about half the grids each
-    (CUDA_VISIBLE_DEVICES=$g2 extra_grids "$m" "$T-$n" hay) &
-    niah_gen "$m" "$T-$n" 16
-  fi
+  # the grids beside each other, on one GPU too, where they share it (a 135M model's prompts one at a time may
+  # leave it idle at times; the gain is not measured: building a 128K prompt takes ~0.5 s of CPU, its cell ~3.7 s)
+  (CUDA_VISIBLE_DEVICES=$g2 extra_grids "$m" "$T-$n" hay) &
+  niah_gen "$m" "$T-$n" 16
   extra_grids "$m" "$T-$n" needle
   ppl "ppl128-short-$T-$n" "$PPL_SHORT" 8 "" --model "$m"
   long_curves "$T-$n" "$m"

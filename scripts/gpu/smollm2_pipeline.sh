@@ -25,6 +25,8 @@
 #   carry .stage/gguf-b .stage/corpus:            stage-b corpus, sftdata (CPU, in the background), then
 #     (since session 8 the tree has grown: carry .stage/corpus for `corpus`, then .stage/gguf-b for `stage-b`)
 #     (since session 15 .stage/haystack travels with .stage/corpus: the haystack of UNSEEN_HAYSTACK, milestone_b.sh)
+#     (since session 18 the tree (~13 MB) and .whl and .stage/gguf-a together pass 64 MiB: carry .stage/gguf-a alone
+#     for `stage-a`, then .whl .stage/whl-assets .stage/corpus .stage/haystack for `setup corpus`)
 #     SFT_CONFIG=configs/smollm2-135m-32k-sft.yaml SFT_DATA=/root/work/sftdata: prepare32 extend train32 wait32 sft3
 #   then the second pass: SFT_SET="--set stages.sft3.train.max_steps=102" ... sft3, and eval-sft eval-unseen
 # Milestone B as measured on 2026-11-26 (one H200, docs/RESULTS.md): scripts/gpu/milestone_b.sh runs these steps

@@ -273,12 +273,15 @@ def test_run_with_trials_gives_each_trial_its_own_haystack(tmp_path, essays):
             assert niah.run(cfg, backend=rec)["cells"] == one["cells"] and not seen  # resumed: nothing asked
 
 
-def test_drop_sentences_leaves_out_the_matching_sentences_and_their_trailing_space():
+def test_drop_sentences_leaves_out_the_matching_sentences_and_keeps_the_paragraphs():
     text = "A cat sat. San Francisco is far. Dogs bark.\n\nThe best thing is tea. End."
     assert niah.drop_sentences(text, "San Francisco|best thing") == ("A cat sat. Dogs bark.\n\nEnd.", 2)
     assert niah.drop_sentences(text, "Gotham") == (text, 0)
-    kept = text.removesuffix("End.")
-    assert niah.drop_sentences(text, "End") == (kept, 1) and kept.endswith("is tea. ")
+    assert niah.drop_sentences(text, "cat") == ("San Francisco is far. Dogs bark.\n\nThe best thing is tea. End.", 1)
+    assert niah.drop_sentences(text, "Dogs") == ("A cat sat. San Francisco is far.\n\nThe best thing is tea. End.", 1)
+    assert niah.drop_sentences(text, "cat|Francisco|Dogs") == ("The best thing is tea. End.", 3)
+    assert niah.drop_sentences(text, "End")[0].endswith("is tea. ")
+    assert niah.drop_sentences(text, ".") == ("", 5)
 
 
 def test_run_drops_haystack_sentences_but_never_the_needle(tmp_path):
@@ -297,4 +300,7 @@ def test_run_drops_haystack_sentences_but_never_the_needle(tmp_path):
     assert res["drop_sentences"] == "Gotham|San Francisco" and res["sentences_dropped"] == 58
     with pytest.raises(InputError) as e:
         niah.run(niah.NiahConfig(**cfg, out=str(tmp_path / "c"), drop_sentences="(unclosed"), backend=rec)
+    assert e.value.field == "drop_sentences"
+    with pytest.raises(InputError) as e:  # nothing left to put the needle in
+        niah.run(niah.NiahConfig(**cfg, out=str(tmp_path / "d"), drop_sentences="Sentence"), backend=rec)
     assert e.value.field == "drop_sentences"

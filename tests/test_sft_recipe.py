@@ -42,7 +42,8 @@ def test_chatqa2_example_config_has_the_paper_blends():
 
 @pytest.mark.parametrize("name", ["sft-smollm2-longqa.yaml", "smollm2-135m-32k-sft.yaml",
                                   "smollm2-135m-128k-sft.yaml", "smollm2-135m-128k-sft-replay.yaml",
-                                  "smollm2-135m-128k-sft-replay-mixed.yaml"])
+                                  "smollm2-135m-128k-sft-replay-mixed.yaml",
+                                  "smollm2-135m-128k-sft-replay-echo.yaml"])
 def test_gpu_sft_configs_pass_their_checks(name):
     from longreach.sft.synth import check_config
 

@@ -96,7 +96,8 @@ class NiahConfig:
     trials: int = 1  # prompts per cell; a cell scores their mean (each trial its own haystack and pass key)
     rotate_haystack: bool = True  # trial t > 0 starts the haystack at a seeded paragraph (trial 0 at the start)
     drop_sentences: str = ""  # a regex: haystack sentences it matches are left out (does the haystack itself hold
-    # distractors for the question? e.g. "San Francisco" for the default needle; the needle is never dropped)
+    # distractors for the question? e.g. "San Francisco" for the default needle; the needle is never dropped);
+    # results.json's sentences_dropped counts them in the whole haystack text, not per cell
     max_new_tokens: int = 64  # room for a short sentence that restates the answer
     distractors: list[str] = field(default_factory=lambda: list(DEFAULT_DISTRACTORS))  # logprob, text answers
     distractors_digits: int = 5  # logprob, pass keys: this many random keys compete with the answer
@@ -205,18 +206,24 @@ def distractor_depths(n: int, depth: float, rng: random.Random, gap: float = 5.0
 
 
 def drop_sentences(text: str, pattern: str) -> tuple[str, int]:
-    """`text` without the sentences `pattern` matches (re.search), and how many those were; the whitespace after
-    a dropped sentence goes with it."""
+    """`text` without the sentences `pattern` matches (re.search), and how many those were. A dropped sentence
+    takes the whitespace after it, or the one before it where only the one after breaks a paragraph, so the
+    paragraphs stay as they were."""
     from longreach.rag.chunk import sentence_spans
 
     regex = re.compile(pattern)
     kept, at, dropped = [], 0, 0
     for start, end in sentence_spans(text):
-        if regex.search(text[start:end]):
-            kept.append(text[at:start])
-            at, dropped = end, dropped + 1
-            while at < len(text) and text[at].isspace():
-                at += 1
+        if not regex.search(text[start:end]):
+            continue
+        before, after = start, end
+        while before > at and text[before - 1].isspace():
+            before -= 1
+        while after < len(text) and text[after].isspace():
+            after += 1
+        keep_break = "\n" in text[end:after] and "\n" not in text[before:start] and any(kept + [text[at:before]])
+        kept.append(text[at:before] if keep_break else text[at:start])
+        at, dropped = (end if keep_break else after), dropped + 1
     kept.append(text[at:])
     return "".join(kept), dropped
 
@@ -457,6 +464,12 @@ def run(cfg: NiahConfig, backend: Any = None) -> dict[str, Any]:
     dropped = 0
     if cfg.drop_sentences:
         text, dropped = drop_sentences(text, cfg.drop_sentences)
+        if "." not in text:
+            raise InputError(f"--drop-sentences {cfg.drop_sentences!r} leaves no sentence of the haystack",
+                             field="drop_sentences")
+        if not dropped:
+            print(f"note: --drop-sentences {cfg.drop_sentences!r} matches no sentence of the haystack",
+                  file=sys.stderr)
     starts = [haystack_start(text, cfg.seed, t) if cfg.rotate_haystack else 0 for t in range(cfg.trials)]
     hays: dict[int, Haystack] = {}  # one per start, tokenized when its first prompt is built
 

@@ -298,20 +298,21 @@ _WHENS = ["at dawn", "after dinner", "before the first frost", "at midnight", "w
 # Sentences that name a subject in another relation than the templates' (SynthConfig.subject_echoes). In the
 # issue's NIAH grid the question's subject, "San Francisco", is named three more times in the essays, at tokens
 # ~95.8K-98.4K, in a passage about startup hubs (docs/RESULTS.md session 18); in the classic statement data the
-# asked subject is named only in its fact, so where the subject is, the answer is. None of these uses a word of
-# _ACTIONS, _PLACES or _WHENS, and none can be read as an answer to its template's question.
+# asked subject is named only in its fact, so where the subject is, the answer is. None of these shares a word
+# (but "a", "the", "in" and the like) with _TIMES, _ACTIONS, _PLACES or _WHENS, and none tells what its subject
+# does or likes to do, so none answers its template's question.
 SUBJECT_ECHOES = {
     "person": ["{s} once lived in a narrow house with a green door.", "Everyone at the market knows {s} by name.",
-               "{s} wrote a long letter to a dear friend last winter.",
+               "{s} was born in a small town up north.",
                "Nobody in the family laughs as loudly as {s}."],
-    "dish": ["A recipe for {s} was printed in the local paper.", "The {s} at the corner cafe was cold again.",
+    "dish": ["A recipe for {s} was printed in the local paper.", "The {s} at the corner cafe is too salty.",
              "Some guests never order the {s} twice.", "Grandfather claimed to have invented the {s}."],
-    "club": ["The {s} meets in the back room of the library.", "The {s} elected a new treasurer last spring.",
+    "club": ["The {s} meets in the back room of the library.", "The {s} elected a new treasurer last year.",
              "A photograph of the {s} hangs in the town hall.", "The {s} was founded by two retired teachers."],
     "landmark": ["Tourists often photograph the {s}.", "The {s} was rebuilt following the great storm.",
                  "A painting of the {s} hangs in the museum.", "Maps from the last century do not show the {s}."],
     "team": ["The {s} wear striped shirts.", "The {s} lost three matches in a row last season.",
-             "A new coach joined the {s} this year.", "The {s} travel to away games by coach."],
+             "A new coach joined the {s} this year.", "The {s} were founded over a century ago."],
     "village": ["{s} has a small market on Thursdays.", "The road to {s} is narrow and steep.",
                 "Few maps show {s} at all.", "The post office in {s} closed years ago."],
 }

@@ -298,7 +298,8 @@ _WHENS = ["at dawn", "after dinner", "before the first frost", "at midnight", "w
 # Sentences that name a subject in another relation than the templates' (SynthConfig.subject_echoes). In the
 # issue's NIAH grid the question's subject, "San Francisco", is named three more times in the essays, at tokens
 # ~95.8K-98.4K, in a passage about startup hubs (docs/RESULTS.md session 18); in the classic statement data the
-# asked subject is named only in its fact, so where the subject is, the answer is. None of these shares a word
+# asked subject is named only in its fact, so where the subject is, the answer is (a hypothesis: the lexicon
+# haystack names San Francisco three times as well, and there the needle is found). None of these shares a word
 # (but "a", "the", "in" and the like) with _TIMES, _ACTIONS, _PLACES or _WHENS, and none tells what its subject
 # does or likes to do, so none answers its template's question.
 SUBJECT_ECHOES = {

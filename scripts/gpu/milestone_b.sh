@@ -245,9 +245,10 @@ VG=$((NGPU / ${#VARIANTS[@]}))  # GPUs per variant
 read -ra RECIPE_LIST <<< "$RECIPES"
 NR=${#RECIPE_LIST[@]}
 SPARE=$((2 * NR <= VG))  # 1: each recipe of a variant has a GPU of its own that trains no SFT (its GPU NR + j)
-# for its extra grids, and the last GPU, where EVAL_CPT runs, trains none (a 128K grid at batch 16 holds ~48 GB
-# of KV cache, by arithmetic: 30 layers x 3 KV heads x 64 x 2 x 2 bytes x 131,072 tokens x 16: never beside an
-# SFT; the last GPU's EVAL_CPT grids are expected to end during the SFT, before an extra grid comes there)
+# for its extra grids, and the last GPU, where EVAL_CPT runs, trains none. (Written when a 128K grid at batch 16
+# would hold ~48 GB of KV cache: 30 layers x 3 KV heads x 64 x 2 x 2 bytes x 131,072 tokens x 16. The backend now
+# batches at most 32,768 padded tokens (eval/backends.py batch_tokens), so a 128K prompt runs alone, ~3 GB; the
+# grids running beside each other after an SFT (sft_run) rely on that.)
 ga=$($PY -c "import yaml; print(yaml.safe_load(open('configs/smollm2-135m-32k.yaml'))['grad_accum'])")
 if [ $((ga % NGPU)) -ne 0 ]; then
   echo "grad_accum $ga of configs/smollm2-135m-32k.yaml is not divisible by NGPU=$NGPU" >&2; exit 2

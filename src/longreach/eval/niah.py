@@ -221,9 +221,15 @@ def drop_sentences(text: str, pattern: str) -> tuple[str, int]:
             before -= 1
         while after < len(text) and text[after].isspace():
             after += 1
-        keep_break = "\n" in text[end:after] and "\n" not in text[before:start] and any(kept + [text[at:before]])
-        kept.append(text[at:before] if keep_break else text[at:start])
-        at, dropped = (end if keep_break else after), dropped + 1
+        text_before = before > at or any(kept)
+        only_after_breaks = "\n" in text[end:after] and "\n" not in text[before:start]
+        if text_before and only_after_breaks:  # the paragraph break after it stays, the space before it goes
+            kept.append(text[at:before])
+            at = end
+        else:
+            kept.append(text[at:start])
+            at = after
+        dropped += 1
     kept.append(text[at:])
     return "".join(kept), dropped
 

@@ -43,7 +43,8 @@ def test_chatqa2_example_config_has_the_paper_blends():
 @pytest.mark.parametrize("name", ["sft-smollm2-longqa.yaml", "smollm2-135m-32k-sft.yaml",
                                   "smollm2-135m-128k-sft.yaml", "smollm2-135m-128k-sft-replay.yaml",
                                   "smollm2-135m-128k-sft-replay-mixed.yaml",
-                                  "smollm2-135m-128k-sft-replay-echo.yaml"])
+                                  "smollm2-135m-128k-sft-replay-echo.yaml",
+                                  "smollm2-135m-128k-sft-replay-far.yaml"])
 def test_gpu_sft_configs_pass_their_checks(name):
     from longreach.sft.synth import check_config
 
@@ -68,6 +69,17 @@ def test_each_replay_variant_differs_from_the_replay_recipe_only_in_its_statemen
         assert v == classic.synth[k]
     other.synth, other.out = classic.synth, classic.out
     assert other == classic  # blend, training and stages too
+
+
+def test_the_far_variant_is_the_replay_recipe_plus_one_set_of_far_facts_at_96k_127k():
+    classic = recipe.load(str(ROOT / "configs" / "smollm2-135m-128k-sft-replay.yaml"), ["model=m"])
+    far = recipe.load(str(ROOT / "configs" / "smollm2-135m-128k-sft-replay-far.yaml"), ["model=m"])
+    extra = far.synth.pop("statement_far")
+    assert (extra.qa, extra.construction, extra.gold_depth, extra.lengths, extra.n, extra.facts) == (
+        "statement", "insert", [0.0, 0.6], [96000, 127000], 18, 4)  # as the config's header says
+    assert far.stages["sft3"].blend.pop("statement_far") == extra.n
+    far.out = classic.out
+    assert far == classic
 
 
 def test_recipe_checks_name_the_bad_field(tmp_path):

@@ -318,3 +318,23 @@ def test_long_qa_eval_scores_and_summarises(tmp_path, tok, docs):
     saved = json.loads((tmp_path / "good" / "results.json").read_text())
     assert saved["accuracy"] == good["accuracy"] and len((tmp_path / "good" / "predictions.jsonl")
                                                          .read_text().splitlines()) == 10
+
+
+def test_gold_depth_puts_the_asked_fact_in_its_range_and_only_changes_the_placement(tok, docs):
+    cfg = SynthConfig(qa="statement", lengths=[600, 900], n=8, facts=3, seed=5, gold_depth=[0.0, 0.3])
+    far = synthesize(cfg, tok, docs)
+    anywhere = synthesize(SynthConfig(**{**cfg.__dict__, "gold_depth": []}), tok, docs)
+    assert all(r["gold"]["depth"] <= 0.4 for r in far)  # the nearest sentence boundary: a sentence of slack
+    assert sum(r["gold"]["depth"] > 0.4 for r in anywhere) >= 3  # without it the gold goes anywhere
+    for r, a in zip(far, anywhere):  # the same facts and haystack; the gold moved, the rest in order
+        assert (r["question"], r["answer"], r["sources"]) == (a["question"], a["answer"], a["sources"])
+        assert r["context"].replace(r["answer"], "").split() == a["context"].replace(a["answer"], "").split()
+
+
+@pytest.mark.parametrize("change", [{"gold_depth": [0.5]}, {"gold_depth": [0.6, 0.2]}, {"gold_depth": [0, 1.5]},
+                                    {"gold_depth": [0, 0.5], "construction": "distractors"},
+                                    {"gold_depth": [0, 0.5], "qa": "text"}])
+def test_gold_depth_is_checked(tok, docs, change):
+    with pytest.raises(InputError) as e:
+        synthesize(SynthConfig(**{"qa": "statement", **change}), tok, docs)
+    assert e.value.field == "gold_depth"

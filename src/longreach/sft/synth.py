@@ -4,7 +4,8 @@ Two constructions, each with contexts up to a target length in tokens of the mod
 - insert: the gold passage (the summary or paragraph a QA pair was written from) goes in at a random
   sentence boundary of a long document - how ChatQA 2 built NarrativeQA_131072 from NarrativeQA's summaries
   and books. The document is cut at a sentence boundary to leave room for the passage; when it is shorter
-  than the target, further documents follow it (each separated by a blank line).
+  than the target, further documents follow it (each separated by a blank line). `gold_depth: [LO, HI]` puts
+  the passage at a depth drawn in that range instead (low: far from the question that follows the context).
 - distractors: the gold document is shuffled among distractor documents (pieces of other texts).
 Both record where the gold sits: its character offset and depth (offset / (context length - gold length)).
 
@@ -74,6 +75,9 @@ class SynthConfig:
     # is unchanged is the classic one byte for byte)
     subject_echoes: int = 0  # qa=statement: this many more sentences (at most 4) name the asked fact's subject
     # but not its value (SUBJECT_ECHOES), placed like the other facts, so the subject's place is not the answer's
+    gold_depth: list[float] = field(default_factory=list)  # construction=insert: [LO, HI], the gold's depth drawn
+    # uniformly in it (0: the context's start, farthest from the question after it; 1: its end), at the sentence
+    # boundary nearest by characters; [] (default): any boundary, the draws as before
     seed: int = 0  # same seed, same samples
 
 
@@ -461,6 +465,8 @@ def make_sample(cfg: SynthConfig, pool: DocPool, length: int, rng: np.random.Gen
         sources += [record["where"]] if record else []
         for o in others:
             hay = insert_at_boundary(hay, o, rng)
+        if depth is None and cfg.gold_depth:
+            depth = float(rng.uniform(*cfg.gold_depth))
         context = insert_at_boundary(hay, gold, rng, depth)
     else:
         gold_doc = gold
@@ -502,6 +508,14 @@ def check_config(cfg: SynthConfig) -> None:
     if cfg.qa == "statement" and not 1 <= cfg.facts <= most:
         raise InputError(f"qa=statement takes 1 to {most} facts per context (its templates' subjects), got "
                          f"{cfg.facts}", field="facts")
+    if cfg.gold_depth:
+        lo_hi = cfg.gold_depth
+        if len(lo_hi) != 2 or not 0 <= lo_hi[0] <= lo_hi[1] <= 1:
+            raise InputError(f"gold_depth is [LO, HI] with 0 <= LO <= HI <= 1, got {lo_hi}", field="gold_depth")
+        if cfg.construction != "insert" or cfg.qa == "text":
+            raise InputError(f"gold_depth places a gold passage in one haystack: construction=insert and a qa "
+                             f"with a question (got construction={cfg.construction}, qa={cfg.qa})",
+                             field="gold_depth")
     echoes = min(len(v) for v in SUBJECT_ECHOES.values())
     if not 0 <= cfg.subject_echoes <= echoes or (cfg.subject_echoes and cfg.qa != "statement"):
         raise InputError(f"subject_echoes is 0 to {echoes}, and only for qa=statement (got {cfg.subject_echoes} "

@@ -40,6 +40,9 @@
 # "b1e9s2:::--set seed=2"; training sequences longer than the 128K tested: "len160k:--seq-len 163840:--target-len
 # 163840:--set max_steps=64"); every SFT recipe then trains from every variant, on its GPU.
 # Outputs carry "-NAME" (smollm2-128k-base-NAME, cpt-128k-NAME, RECIPE-NAME, ...).
+# VARIANT_RECIPES="NAME=RECIPES;...": the named variant trains these SFT recipes (SFT_RECIPES' form) instead of
+# SFT_RECIPES, so two levers can share a hold (e.g. two 192K variants with the classic SFT, two 160K ones with
+# another SFT).
 # CPT128_PARALLEL: how a 128K stage uses k > 1 GPUs: "cp" (default) context parallel, one sequence split over
 # them (the one-GPU recipe's tokens per step); "dp" data parallel (FSDP2), one sequence per GPU per step, so k
 # times the tokens in the same steps and about the same time (the tokens lever; the stream sees the one-GPU
@@ -68,6 +71,7 @@ P=scripts/gpu/smollm2_pipeline.sh
 O=${MB_OUT:-/root/outB}
 W=${WORK:-/root/work}
 RECIPES=${SFT_RECIPES:-configs/smollm2-135m-128k-sft-replay.yaml:118}
+VARIANT_RECIPES=${VARIANT_RECIPES:-}
 NGPU=${NGPU:-1}
 SFT_STOP=${SFT_STOP:-0}
 SFT_HALF=${SFT_HALF:-0}  # > 0: an interim NIAH of the first checkpoint at or after this step, beside the SFT
@@ -242,10 +246,26 @@ if [ ${#VARIANTS[@]} -gt "$NGPU" ]; then
 fi
 case $CPT128_PARALLEL in cp|dp) ;; *) echo "CPT128_PARALLEL=$CPT128_PARALLEL: cp or dp" >&2; exit 2 ;; esac
 VG=$((NGPU / ${#VARIANTS[@]}))  # GPUs per variant
-read -ra RECIPE_LIST <<< "$RECIPES"
-NR=${#RECIPE_LIST[@]}
-SPARE=$((2 * NR <= VG))  # 1: each recipe of a variant has a GPU of its own that trains no SFT (its GPU NR + j)
-# for its extra grids, and the last GPU, where EVAL_CPT runs, trains none. (Written when a 128K grid at batch 16
+recipes_of() {  # VARIANT_NAME: its SFT recipes (VARIANT_RECIPES', else SFT_RECIPES)
+  local e vr
+  IFS=';' read -ra vr <<< "$VARIANT_RECIPES"
+  for e in "${vr[@]}"; do [ "${e%%=*}" != "$1" ] || { echo "${e#*=}"; return; }; done
+  echo "$RECIPES"
+}
+ALL_RECIPES= names=" "
+for e in "${VARIANTS[@]}"; do ALL_RECIPES+=" $(recipes_of "${e%%:*}")"; names+="${e%%:*} "; done
+IFS=';' read -ra vr <<< "$VARIANT_RECIPES"
+for e in "${vr[@]}"; do
+  if [[ $e != *=* || -z ${e#*=} ]]; then
+    echo "VARIANT_RECIPES entry '$e': NAME=CONFIG[:STEPS]..." >&2; exit 2
+  fi
+  case $names in
+    *" ${e%%=*} "*) ;;
+    *) echo "VARIANT_RECIPES names ${e%%=*}, not a variant of CPT128_VARIANTS" >&2; exit 2 ;;
+  esac
+done
+# A variant with NR recipes and VG >= 2 NR GPUs is SPARE: each recipe j has a GPU of its own (NR + j) that trains
+# no SFT for its extra grids, and the last GPU, where EVAL_CPT runs, trains none. (Written when a 128K grid at batch 16
 # would hold ~48 GB of KV cache: 30 layers x 3 KV heads x 64 x 2 x 2 bytes x 131,072 tokens x 16. The backend now
 # batches at most 32,768 padded tokens (eval/backends.py batch_tokens), so a 128K prompt runs alone, ~3 GB; the
 # grids running beside each other after an SFT (sft_run) rely on that.)
@@ -267,7 +287,7 @@ for e in "${VARIANTS[@]}"; do  # the corpus packed at 128K, once per variant (CP
    touch "$O/.prepare128$x") &
 done
 done_recipes=" "
-for r in $RECIPES; do  # each recipe's SFT data, beside the GPU steps (CPU only)
+for r in $ALL_RECIPES; do  # each recipe's SFT data, beside the GPU steps (CPU only)
   C=${r%%:*}; dn=$(name_of "$C")
   case $done_recipes in *" $dn "*) continue ;; esac
   done_recipes+="$dn "
@@ -295,10 +315,10 @@ if [ "${EVAL32:-0}" = 1 ]; then  # milestone A's grid of the 32K model, beside t
 fi
 essays=$($PY -c "from longreach import assets; print(assets.paul_graham_essays())")
 variant() {  # INDEX VARIANT: its 128K continued pretraining on its VG GPUs (i*VG ..), then every SFT recipe from
-  # it (recipe j on its GPU j mod VG, its extra grids on GPU NR + j if SPARE), and beside them, on its last
-  # GPU, the perplexity (and EVAL_CPT's NIAH) of the model they start from
-  local i=$1 x c j=0 r C st g0=$((i * VG)) gl=$((i * VG + VG - 1)) gpus tset par
-  x=$(suffix "$2")
+  # it (recipes_of: recipe j on its GPU j mod VG, its extra grids on GPU NR + j if SPARE), and beside them, on
+  # its last GPU, the perplexity (and EVAL_CPT's NIAH) of the model they start from
+  local i=$1 x c j=0 r C st g0=$((i * VG)) gl=$((i * VG + VG - 1)) gpus tset par rl nr spare
+  x=$(suffix "$2"); rl=$(recipes_of "${2%%:*}"); nr=$(wc -w <<< "$rl"); spare=$((2 * nr <= VG))
   local BASE128=$W/smollm2-128k-base$x SHARDS128=$S/shards-128k$x CPT128=$W/cpt-128k$x TRAIN128_NAME=train128$x
   export BASE128 SHARDS128 CPT128 TRAIN128_NAME
   gpus=$(seq -s, "$g0" "$gl")
@@ -311,13 +331,13 @@ variant() {  # INDEX VARIANT: its 128K continued pretraining on its VG GPUs (i*V
     *:dp) par=$tset; tset+=" --set grad_accum=$VG" ;;
   esac
   CUDA_VISIBLE_DEVICES=$gpus multi train128 "$VG" "$O/gpu$x" "$TRAIN128_NAME" "$par" "$tset"
-  for r in $RECIPES; do
+  for r in $rl; do
     C=${r%%:*}; st=${r#"$C"}; st=${st#:}
-    sft_run "$C" "$st" $((g0 + j % VG)) "$x" $((SPARE ? g0 + NR + j : g0 + j % VG)) &
+    sft_run "$C" "$st" $((g0 + j % VG)) "$x" $((spare ? g0 + nr + j : g0 + j % VG)) &
     j=$((j + 1))
   done
   ( export CUDA_VISIBLE_DEVICES=$gl CPT128_NAME=cpt128$x  # beside the SFT: the model it starts from
-    [ "$EVAL_CPT" = 1 ] && NIAH_BATCH=$((SPARE ? 16 : 4)) OUT=$O/eval$x bash $P eval128 > "$O/eval$x.txt" 2>&1
+    [ "$EVAL_CPT" = 1 ] && NIAH_BATCH=$((spare ? 16 : 4)) OUT=$O/eval$x bash $P eval128 > "$O/eval$x.txt" 2>&1
     [ "$CPT_PPL" = 1 ] || exit 0
     c=$(latest "$CPT128")
     ppl ppl128-short-base$x "$PPL_SHORT" 8 "" --model "$GGUF" ${c:+--model $c}

@@ -267,3 +267,12 @@ def test_shards_of_another_tokenizer_are_refused(tmp_path):
         run("llama3")
     assert run("same")["step"] == 1
     assert not (tmp_path / "run-s400" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("seconds,reported", [(1e-4, True), (0, False)])
+def test_a_step_past_stall_report_s_prints_the_stacks_and_the_run_goes_on(tiny_model, pattern_shards, tmp_path,
+                                                                          capfd, seconds, reported):
+    out = train(_cfg(tiny_model, pattern_shards, tmp_path / "run", max_steps=2, stall_report_s=seconds))
+    err = capfd.readouterr().err
+    assert out["step"] == 2 and len(_losses(tmp_path / "run")) == 2
+    assert ("Timeout (" in err and "most recent call first" in err and "loop.py" in err) == reported

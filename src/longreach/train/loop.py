@@ -11,10 +11,12 @@ preemption): the step in progress finishes, a checkpoint is saved, and the run e
 from that step. A STOP file holding a step number N ends the run after step N instead (the learning-rate
 schedule stays that of max_steps). A STOP file left from an earlier stop is removed when a run starts.
 Under torchrun prefer the STOP file: torchrun forwards SIGTERM to its workers but kills them 30 s later.
+A step that runs past `stall_report_s` prints every thread's Python stack to stderr (the run's log) and goes on.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import itertools
 import json
 import math
@@ -248,6 +250,18 @@ class StopRequest:
             signal.signal(signal.SIGTERM, self._old)
 
 
+def _arm_stall_report(seconds: float) -> None:
+    """(Re)start the clock of the step in progress: past `seconds`, faulthandler dumps every thread's stack to
+    stderr, once (0: off). Where a run that stops moving waits: a CUDA sync, the data, a collective, a lock."""
+    if seconds > 0:
+        try:
+            sys.stderr.fileno()
+            stream = sys.stderr
+        except (AttributeError, OSError, ValueError):  # a stream without a file descriptor
+            stream = sys.__stderr__
+        faulthandler.dump_traceback_later(seconds, repeat=False, file=stream)
+
+
 def train_to_end(cfg: TrainConfig) -> dict[str, Any]:
     """train() for callers that go on to use the model: a run stopped on request raises RunStopped."""
     summary = train(cfg)
@@ -320,6 +334,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model.train()
     try:
         while step < cfg.max_steps:
+            _arm_stall_report(cfg.stall_report_s)
             t0 = time.perf_counter()
             # --- data: every micro-batch of the step, so the loss can be normalised by the step's token count
             micro = batches.next_step(cfg.micro_batch, cfg.grad_accum, cfg.doc_mask)
@@ -372,6 +387,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         stopped = stopped or stop.signalled  # a SIGTERM during the last step or save: callers must stop too
     finally:
         stop.close()  # SIGTERM acts as before once the run is over
+        faulthandler.cancel_dump_traceback_later()
     if bar is not None:
         bar.close()
     if log is not None:

@@ -246,24 +246,22 @@ if [ ${#VARIANTS[@]} -gt "$NGPU" ]; then
 fi
 case $CPT128_PARALLEL in cp|dp) ;; *) echo "CPT128_PARALLEL=$CPT128_PARALLEL: cp or dp" >&2; exit 2 ;; esac
 VG=$((NGPU / ${#VARIANTS[@]}))  # GPUs per variant
-recipes_of() {  # VARIANT_NAME: its SFT recipes (VARIANT_RECIPES', else SFT_RECIPES)
-  local e vr
-  IFS=';' read -ra vr <<< "$VARIANT_RECIPES"
-  for e in "${vr[@]}"; do [ "${e%%=*}" != "$1" ] || { echo "${e#*=}"; return; }; done
-  echo "$RECIPES"
-}
-ALL_RECIPES= names=" "
-for e in "${VARIANTS[@]}"; do ALL_RECIPES+=" $(recipes_of "${e%%:*}")"; names+="${e%%:*} "; done
+declare -A VARIANT_RECIPE  # "v:NAME" -> that variant's recipes, VARIANT_RECIPES read and checked once
+names=" "
+for e in "${VARIANTS[@]}"; do names+="${e%%:*} "; done
 IFS=';' read -ra vr <<< "$VARIANT_RECIPES"
 for e in "${vr[@]}"; do
   if [[ $e != *=* || -z ${e#*=} ]]; then
     echo "VARIANT_RECIPES entry '$e': NAME=CONFIG[:STEPS]..." >&2; exit 2
   fi
   case $names in
-    *" ${e%%=*} "*) ;;
+    *" ${e%%=*} "*) VARIANT_RECIPE["v:${e%%=*}"]=${e#*=} ;;
     *) echo "VARIANT_RECIPES names ${e%%=*}, not a variant of CPT128_VARIANTS" >&2; exit 2 ;;
   esac
 done
+recipes_of() { echo "${VARIANT_RECIPE["v:$1"]-$RECIPES}"; }  # VARIANT_NAME: its SFT recipes
+ALL_RECIPES=
+for e in "${VARIANTS[@]}"; do ALL_RECIPES+=" $(recipes_of "${e%%:*}")"; done
 # A variant with NR recipes and VG >= 2 NR GPUs is SPARE: each recipe j has a GPU of its own (NR + j) that trains
 # no SFT for its extra grids, and the last GPU, where EVAL_CPT runs, trains none. (Written when a 128K grid at batch 16
 # would hold ~48 GB of KV cache: 30 layers x 3 KV heads x 64 x 2 x 2 bytes x 131,072 tokens x 16. The backend now

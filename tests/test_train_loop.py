@@ -269,10 +269,19 @@ def test_shards_of_another_tokenizer_are_refused(tmp_path):
     assert not (tmp_path / "run-s400" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("seconds,reported", [(1e-4, True), (0, False)])
+@pytest.mark.parametrize("seconds,reported", [(0.05, True), (0, False)])
 def test_a_step_past_stall_report_s_prints_the_stacks_and_the_run_goes_on(tiny_model, pattern_shards, tmp_path,
-                                                                          capfd, seconds, reported):
+                                                                          capfd, monkeypatch, seconds, reported):
+    from longreach.train import loop
+    real = loop.forward_backward
+
+    def waiting_forward_backward(*args):
+        time.sleep(0.5)  # where a stalled step waits (a CUDA sync, a collective)
+        return real(*args)
+
+    monkeypatch.setattr(loop, "forward_backward", waiting_forward_backward)
     out = train(_cfg(tiny_model, pattern_shards, tmp_path / "run", max_steps=2, stall_report_s=seconds))
     err = capfd.readouterr().err
     assert out["step"] == 2 and len(_losses(tmp_path / "run")) == 2
-    assert ("Timeout (" in err and "most recent call first" in err and "loop.py" in err) == reported
+    assert err.count("still running after 0.05 s") == (2 if reported else 0)
+    assert ("in waiting_forward_backward" in err and "loop.py" in err) == reported

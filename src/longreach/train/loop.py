@@ -16,13 +16,14 @@ A step that runs past `stall_report_s` prints every thread's Python stack to std
 
 from __future__ import annotations
 
-import faulthandler
 import itertools
 import json
 import math
 import signal
 import sys
+import threading
 import time
+import traceback
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -250,16 +251,56 @@ class StopRequest:
             signal.signal(signal.SIGTERM, self._old)
 
 
-def _arm_stall_report(seconds: float) -> None:
-    """(Re)start the clock of the step in progress: past `seconds`, faulthandler dumps every thread's stack to
-    stderr, once (0: off). Where a run that stops moving waits: a CUDA sync, the data, a collective, a lock."""
-    if seconds > 0:
-        try:
-            sys.stderr.fileno()
-            stream = sys.stderr
-        except (AttributeError, OSError, ValueError):  # a stream without a file descriptor
-            stream = sys.__stderr__
-        faulthandler.dump_traceback_later(seconds, repeat=False, file=stream)
+class StallReport:
+    """A watchdog for the step in progress: past `seconds` (0: off) it prints every thread's Python stack to
+    stderr, once per step, and the run goes on. It shows where a run that stops moving waits: a CUDA sync, the
+    data, a collective, a lock. The stacks are read under the GIL (sys._current_frames), never from a running
+    thread's frames without it (faulthandler's timer did that, and could crash the run it reported on)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._cv = threading.Condition()
+        self._deadline: float | None = None
+        self._step = 0
+        self._closed = False
+        self._thread = None
+        if seconds > 0:
+            self._thread = threading.Thread(target=self._watch, name="longreach-stall-report", daemon=True)
+            self._thread.start()
+
+    def arm(self, step: int) -> None:
+        """Start the clock of `step` (1-based), replacing the last step's."""
+        with self._cv:
+            self._deadline, self._step = time.monotonic() + self.seconds, step
+            self._cv.notify()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _watch(self) -> None:
+        with self._cv:
+            while not self._closed:
+                left = None if self._deadline is None else self._deadline - time.monotonic()
+                if left is None or left > 0:
+                    self._cv.wait(left)
+                    continue
+                self._deadline = None
+                print(self._stacks(), file=sys.stderr, flush=True)
+
+    def _stacks(self) -> str:
+        names = {t.ident: t.name for t in threading.enumerate()}
+        head = (f"longreach: step {self._step} still running after {self.seconds:g} s; every thread's stack "
+                "(most recent call last):")
+        parts = [head]
+        for ident, frame in sys._current_frames().items():
+            if ident != threading.get_ident():
+                parts.append(f"--- thread {names.get(ident, '?')} ({ident})\n"
+                             + "".join(traceback.format_stack(frame)).rstrip())
+        return "\n".join(parts)
 
 
 def train_to_end(cfg: TrainConfig) -> dict[str, Any]:
@@ -332,9 +373,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     last_loss = float("nan")
     stop, stopped = StopRequest(out, d), False
     model.train()
+    stall = StallReport(cfg.stall_report_s)
     try:
         while step < cfg.max_steps:
-            _arm_stall_report(cfg.stall_report_s)
+            stall.arm(step + 1)
             t0 = time.perf_counter()
             # --- data: every micro-batch of the step, so the loss can be normalised by the step's token count
             micro = batches.next_step(cfg.micro_batch, cfg.grad_accum, cfg.doc_mask)
@@ -387,7 +429,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         stopped = stopped or stop.signalled  # a SIGTERM during the last step or save: callers must stop too
     finally:
         stop.close()  # SIGTERM acts as before once the run is over
-        faulthandler.cancel_dump_traceback_later()
+        stall.close()
     if bar is not None:
         bar.close()
     if log is not None:

@@ -89,10 +89,16 @@ def _worker(out: Path, model_dir: str, data_dir: str) -> None:
     train(TrainConfig(**base, out=str(out / "dp2"), micro_batch=1))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """n distinct ports free now (all held open while picking, so no two are the same)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -109,22 +115,27 @@ def test_fsdp2_and_context_parallel_match_one_process(tmp_path):
 
     model_dir = write_tiny_llama(tmp_path / "model")
     data_dir = write_pattern_shards(tmp_path / "shards", n_seq=8, seq_len=SEQ)
-    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
-           "LONGREACH_TEST_PORT2": str(_free_port()), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+    port, port2 = _free_ports(2)
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "LONGREACH_TEST_PORT2": str(port2), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
     procs = [subprocess.Popen([sys.executable, __file__, str(tmp_path), str(model_dir), str(data_dir)],
                               env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stderr=subprocess.PIPE, text=True)
              for r in range(2)]
-    # References in this process while the workers run.
-    ids, labels = _batch()
-    d = parallel.Dist()
-    ref = {"dp": _step(CausalLMLoss(_model(), chunk_tokens=8), [{"input_ids": ids, "labels": labels}], d),
-           "cp": _step(CausalLMLoss(_model(), chunk_tokens=8), [{"input_ids": ids[:1], "labels": labels[:1]}], d)}
-    base = {"model": str(model_dir), "data": str(data_dir), "max_steps": 2, "lr": 3e-3, "save_every": 100,
-            "progress": False}
-    train(TrainConfig(**base, out=str(tmp_path / "one-cp"), micro_batch=1))
-    train(TrainConfig(**base, out=str(tmp_path / "one-dp"), micro_batch=2))
-    errs = [p.communicate(timeout=240)[1] for p in procs]
+    try:
+        # References in this process while the workers run.
+        ids, labels = _batch()
+        d = parallel.Dist()
+        ref = {"dp": _step(CausalLMLoss(_model(), chunk_tokens=8), [{"input_ids": ids, "labels": labels}], d),
+               "cp": _step(CausalLMLoss(_model(), chunk_tokens=8), [{"input_ids": ids[:1], "labels": labels[:1]}], d)}
+        base = {"model": str(model_dir), "data": str(data_dir), "max_steps": 2, "lr": 3e-3, "save_every": 100,
+                "progress": False}
+        train(TrainConfig(**base, out=str(tmp_path / "one-cp"), micro_batch=1))
+        train(TrainConfig(**base, out=str(tmp_path / "one-dp"), micro_batch=2))
+        errs = [p.communicate(timeout=240)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()  # a rank left waiting in gloo (30 minutes by default) must not outlive the test
     assert all(p.returncode == 0 for p in procs), "\n".join(e[-3000:] for e in errs)
 
     got = torch.load(tmp_path / "direct.pt")

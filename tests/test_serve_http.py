@@ -107,8 +107,8 @@ def test_retries_on_503_429_and_refused_connections():
 
 
 def test_client_errors_are_not_retried(server):
-    b = OpenAIHTTP(server, model="tiny", mode="chat", retries=5, backoff=1.0)
+    b = OpenAIHTTP(server, model="tiny", mode="chat", retries=5, backoff=30.0)
     start = time.time()
     with pytest.raises(BackendError, match="HTTP 400"):
         b.generate([[{"role": "user", "content": 3}]], 4)  # type: ignore[list-item]
-    assert time.time() - start < 1.0
+    assert time.time() - start < 10  # one retry would have waited 30 s

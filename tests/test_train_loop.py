@@ -196,7 +196,7 @@ def test_nan_loss_stops_with_clear_error_and_keeps_checkpoints(tmp_path, pattern
 def test_killed_run_resumes_to_same_losses(tiny_model, tmp_path):
     """SIGKILL at an arbitrary moment, then the same command again: the loss curve equals an uninterrupted run."""
     data = write_pattern_shards(tmp_path / "shards", n_seq=32, seq_len=64)
-    cfg = {"max_steps": 16, "save_every": 3, "micro_batch": 4}
+    cfg = {"max_steps": 40, "save_every": 3, "micro_batch": 4}  # killed after 5 of 40: far from the end
     train(_cfg(tiny_model, data, tmp_path / "full", **cfg))
     run = tmp_path / "killed"
     args = [sys.executable, "-m", "longreach.cli", "train", "--model", str(tiny_model), "--data", str(data),
@@ -207,13 +207,14 @@ def test_killed_run_resumes_to_same_losses(tiny_model, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline:
         lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
-        if len(lines) >= 7:
+        if len(lines) >= 5:
             break
         time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert checkpoint.latest(run) is not None and len(_losses(run)) < 16
-    subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert checkpoint.latest(run) is not None and len(_losses(run)) < 40
+    subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
     assert _losses(run) == pytest.approx(_losses(tmp_path / "full"), abs=1e-6)
 
 
@@ -231,7 +232,10 @@ def test_sigterm_saves_the_step_in_progress(tiny_model, tmp_path):
     while time.time() < deadline and len(_losses(run) if (run / "metrics.jsonl").exists() else []) < 3:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # no worker outlives a failed test
     assert proc.returncode == 0, err
     assert "stopped on request" in err
     step = checkpoint.read_meta(checkpoint.latest(run))["step"]
@@ -283,5 +287,5 @@ def test_a_step_past_stall_report_s_prints_the_stacks_and_the_run_goes_on(tiny_m
     out = train(_cfg(tiny_model, pattern_shards, tmp_path / "run", max_steps=2, stall_report_s=seconds))
     err = capfd.readouterr().err
     assert out["step"] == 2 and len(_losses(tmp_path / "run")) == 2
-    assert err.count("still running after 0.05 s") == (2 if reported else 0)
+    assert err.count("still running after 0.05 s (rank 0, pid") == (2 if reported else 0)
     assert ("in waiting_forward_backward" in err and "loop.py" in err) == reported

@@ -38,5 +38,6 @@ class TrainConfig:
     log_every: int = 1  # steps between metric lines
     resume: bool = True  # continue from the run folder's newest checkpoint if there is one
     progress: bool = True  # progress bar on stderr
-    stall_report_s: float = 900.0  # a step (with its checkpoint) still running after this many seconds prints
-    # every thread's Python stack to stderr, once, and the run goes on: where a stalled run waits (0 = off)
+    stall_report_s: float = 300.0  # a step (with its checkpoint) still running after this many seconds prints
+    # every thread's Python stack to stderr, once, and the run goes on: where a stalled run waits (0 = off;
+    # under NCCL stay below its 10-minute collective timeout)

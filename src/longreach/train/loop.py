@@ -19,7 +19,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -254,11 +256,14 @@ class StopRequest:
 class StallReport:
     """A watchdog for the step in progress: past `seconds` (0: off) it prints every thread's Python stack to
     stderr, once per step, and the run goes on. It shows where a run that stops moving waits: a CUDA sync, the
-    data, a collective, a lock. The stacks are read under the GIL (sys._current_frames), never from a running
-    thread's frames without it (faulthandler's timer did that, and could crash the run it reported on)."""
+    data, a lock, a collective (under torchrun each rank reports its own; keep `seconds` below the process
+    group's timeout, NCCL's 10 minutes, or the rank is aborted first). The stacks are read under the GIL
+    (sys._current_frames), never from a running thread's frames without it, as faulthandler's timer does (that
+    crashed the run it reported on). So a thread stuck in C code that holds the GIL gets no report; torch's
+    kernels, CUDA syncs and collectives release it. The first step's report may only be compilation."""
 
-    def __init__(self, seconds: float):
-        self.seconds = seconds
+    def __init__(self, seconds: float, rank: int = 0):
+        self.seconds, self.rank = seconds, rank
         self._cv = threading.Condition()
         self._deadline: float | None = None
         self._step = 0
@@ -279,22 +284,26 @@ class StallReport:
             self._closed = True
             self._cv.notify()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=5)  # a report blocked on a full stderr pipe must not hold the run's end
 
     def _watch(self) -> None:
-        with self._cv:
-            while not self._closed:
-                left = None if self._deadline is None else self._deadline - time.monotonic()
-                if left is None or left > 0:
-                    self._cv.wait(left)
-                    continue
-                self._deadline = None
-                print(self._stacks(), file=sys.stderr, flush=True)
+        while True:
+            report = None
+            with self._cv:
+                while report is None and not self._closed:
+                    left = None if self._deadline is None else self._deadline - time.monotonic()
+                    if left is None or left > 0:
+                        self._cv.wait(left)
+                    else:
+                        self._deadline, report = None, self._stacks()
+            if report is None:
+                return
+            print(report, file=sys.stderr, flush=True)  # outside the lock: a slow stderr never blocks arm()
 
     def _stacks(self) -> str:
         names = {t.ident: t.name for t in threading.enumerate()}
-        head = (f"longreach: step {self._step} still running after {self.seconds:g} s; every thread's stack "
-                "(most recent call last):")
+        head = (f"longreach: step {self._step} still running after {self.seconds:g} s (rank {self.rank}, pid "
+                f"{os.getpid()}, {socket.gethostname()}); every thread's stack (most recent call last):")
         parts = [head]
         for ident, frame in sys._current_frames().items():
             if ident != threading.get_ident():
@@ -373,8 +382,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     last_loss = float("nan")
     stop, stopped = StopRequest(out, d), False
     model.train()
-    stall = StallReport(cfg.stall_report_s)
+    stall = None
     try:
+        stall = StallReport(cfg.stall_report_s, d.rank)
         while step < cfg.max_steps:
             stall.arm(step + 1)
             t0 = time.perf_counter()
@@ -429,7 +439,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         stopped = stopped or stop.signalled  # a SIGTERM during the last step or save: callers must stop too
     finally:
         stop.close()  # SIGTERM acts as before once the run is over
-        stall.close()
+        if stall is not None:
+            stall.close()
     if bar is not None:
         bar.close()
     if log is not None:

@@ -289,3 +289,50 @@ def test_a_step_past_stall_report_s_prints_the_stacks_and_the_run_goes_on(tiny_m
     assert out["step"] == 2 and len(_losses(tmp_path / "run")) == 2
     assert err.count("still running after 0.05 s (rank 0, pid") == (2 if reported else 0)
     assert ("in waiting_forward_backward" in err and "loop.py" in err) == reported
+
+
+_HANGING_RUN = """
+import json, sys, time
+from longreach.train import loop
+from longreach.train.config import TrainConfig
+real, calls = loop.forward_backward, []
+def hanging(*args):  # step HANG never returns, as a hung kernel would
+    calls.append(1)
+    if len(calls) == int(sys.argv[2]):
+        time.sleep(600)
+    return real(*args)
+loop.forward_backward = hanging
+loop.train(TrainConfig(**json.loads(open(sys.argv[1]).read())))
+"""
+
+
+def _hanging_run(cfg: TrainConfig, tmp_path: Path, hang_step: int, sleep_s: float = 600) -> subprocess.CompletedProcess:
+    """train(cfg) in a process of its own whose step `hang_step` (0: none) first sleeps `sleep_s`."""
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(config_io.to_dict(cfg)))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    code = _HANGING_RUN.replace("time.sleep(600)", f"time.sleep({sleep_s})")
+    return subprocess.run([sys.executable, "-c", code, str(path), str(hang_step)], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+def test_a_step_past_stall_exit_s_ends_the_process_and_the_same_command_resumes(tiny_model, pattern_shards,
+                                                                               tmp_path):
+    kw = {"max_steps": 8, "save_every": 3, "micro_batch": 4}
+    train(_cfg(tiny_model, pattern_shards, tmp_path / "full", **kw))
+    cfg = _cfg(tiny_model, pattern_shards, tmp_path / "run", **kw, stall_exit_s=2.0)
+    hung = _hanging_run(cfg, tmp_path, 5)
+    assert hung.returncode == 75, hung.stderr[-3000:]
+    assert "step 5 still running after 2 s" in hung.stderr and "ending the process (exit 75)" in hung.stderr
+    assert "in hanging" in hung.stderr
+    assert checkpoint.read_meta(checkpoint.latest(tmp_path / "run"))["step"] == 3
+    again = _hanging_run(cfg, tmp_path, 0)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _losses(tmp_path / "run") == pytest.approx(_losses(tmp_path / "full"), abs=1e-6)
+
+
+def test_the_first_step_of_a_process_is_exempt_from_stall_exit_s(tiny_model, pattern_shards, tmp_path):
+    cfg = _cfg(tiny_model, pattern_shards, tmp_path / "run", max_steps=2, stall_exit_s=0.2, stall_report_s=0)
+    done = _hanging_run(cfg, tmp_path, 1, sleep_s=1)  # compiling, say
+    assert done.returncode == 0 and "still running" not in done.stderr, done.stderr[-3000:]
+    assert len(_losses(tmp_path / "run")) == 2

@@ -156,10 +156,19 @@ step_extend() {  # base 1e5 -> the Men et al. bound for head dim 64 at 32K (1.6e
     2>&1 | rope_lines | tee -a "$OUT/pipeline.log" || log "  FAILED extend"
   keep "$(basename "$BASE32")"
 }
-train_run() {  # NAME CONFIG MODEL DATA RUN: one `longreach train`, its log and metrics kept
-  local name=$1 config=$2 model=$3 data=$4 run=$5
-  timed LRT train -c "$config" --model "$model" --data "$data" --out "$run" ${TRAIN_SET:-} \
-    ${SMOKE_SET[@]+"${SMOKE_SET[@]}"} > "$WORK/$name.log" 2>&1 || log "  FAILED $name (see $name.log)"
+train_run() {  # NAME CONFIG MODEL DATA RUN: one `longreach train`, its log and metrics kept; a run ended by
+  # its config's stall_exit_s (a step that stopped moving; its log holds the stacks) is started once more, resuming
+  local name=$1 config=$2 model=$3 data=$4 run=$5 try
+  : > "$WORK/$name.log"
+  for try in 1 2; do
+    timed LRT train -c "$config" --model "$model" --data "$data" --out "$run" ${TRAIN_SET:-} \
+      ${SMOKE_SET[@]+"${SMOKE_SET[@]}"} >> "$WORK/$name.log" 2>&1 && break
+    if [ "$try" = 1 ] && grep -q "ending the process (exit 75)" "$WORK/$name.log"; then
+      log "  $name: a step stalled (stacks in $name.log); started again, resuming from its last checkpoint"
+    else
+      log "  FAILED $name (see $name.log)"; break
+    fi
+  done
   tail -2 "$WORK/$name.log" | tee -a "$OUT/pipeline.log"
   keep "$name.log" "$(basename "$run")/metrics.jsonl"
 }

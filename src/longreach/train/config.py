@@ -41,3 +41,6 @@ class TrainConfig:
     stall_report_s: float = 300.0  # a step (with its checkpoint) still running after this many seconds prints
     # every thread's Python stack to stderr, once, and the run goes on: where a stalled run waits (0 = off;
     # under NCCL stay below its 10-minute collective timeout)
+    stall_exit_s: float = 0.0  # a step still running after this many seconds prints the stacks and ends the
+    # process with status 75 (the same command resumes from the last checkpoint; a hung kernel cannot be undone
+    # in-process; a process's first step, which may be compiling, is exempt); 0 = never

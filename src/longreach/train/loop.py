@@ -11,7 +11,8 @@ preemption): the step in progress finishes, a checkpoint is saved, and the run e
 from that step. A STOP file holding a step number N ends the run after step N instead (the learning-rate
 schedule stays that of max_steps). A STOP file left from an earlier stop is removed when a run starts.
 Under torchrun prefer the STOP file: torchrun forwards SIGTERM to its workers but kills them 30 s later.
-A step that runs past `stall_report_s` prints every thread's Python stack to stderr (the run's log) and goes on.
+A step that runs past `stall_report_s` prints every thread's Python stack to stderr (the run's log) and goes on;
+past `stall_exit_s` (off by default) the process ends with status 75, to be started again (it resumes).
 """
 
 from __future__ import annotations
@@ -253,30 +254,37 @@ class StopRequest:
             signal.signal(signal.SIGTERM, self._old)
 
 
-class StallReport:
-    """A watchdog for the step in progress: past `seconds` (0: off) it prints every thread's Python stack to
-    stderr, once per step, and the run goes on. It shows where a run that stops moving waits: a CUDA sync, the
-    data, a lock, a collective (under torchrun each rank reports its own; keep `seconds` below the process
-    group's timeout, NCCL's 10 minutes, or the rank is aborted first). The stacks are read under the GIL
-    (sys._current_frames), never from a running thread's frames without it, as faulthandler's timer does (that
-    crashed the run it reported on). So a thread stuck in C code that holds the GIL gets no report; torch's
-    kernels, CUDA syncs and collectives release it. The first step's report may only be compilation."""
+STALL_EXIT = 75  # the exit status of a run ended by `stall_exit_s` (EX_TEMPFAIL: run it again to resume)
 
-    def __init__(self, seconds: float, rank: int = 0):
-        self.seconds, self.rank = seconds, rank
+
+class StallReport:
+    """A watchdog for the step in progress. Past `report_s` (0: off) it prints every thread's Python stack to
+    stderr, once per step, and the run goes on; past `exit_s` (0: off) it prints them again and ends the process
+    with STALL_EXIT, so a wrapper (or torchrun's --max-restarts) can start it again from the last checkpoint.
+    The stacks show where a run that stops moving waits: a CUDA sync, the data, a lock, a collective (under
+    torchrun each rank reports its own; keep both below the process group's timeout, NCCL's 10 minutes, or the
+    rank is aborted first). They are read under the GIL (sys._current_frames), never from a running thread's
+    frames without it, as faulthandler's timer does (that crashed the run it reported on). So a thread stuck in C
+    code that holds the GIL gets no report; torch's kernels, CUDA syncs and collectives release it. The first
+    step's report may only be compilation, so the first step a process runs never ends it."""
+
+    def __init__(self, report_s: float, exit_s: float = 0.0, rank: int = 0):
+        self.report_s, self.exit_s, self.rank = report_s, exit_s, rank
         self._cv = threading.Condition()
-        self._deadline: float | None = None
+        self._start: float | None = None
         self._step = 0
+        self._reported = False
+        self._may_end = False
         self._closed = False
         self._thread = None
-        if seconds > 0:
+        if report_s > 0 or exit_s > 0:
             self._thread = threading.Thread(target=self._watch, name="longreach-stall-report", daemon=True)
             self._thread.start()
 
-    def arm(self, step: int) -> None:
-        """Start the clock of `step` (1-based), replacing the last step's."""
+    def arm(self, step: int, may_end: bool = True) -> None:
+        """Start the clock of `step` (1-based), replacing the last step's; `may_end` False: exit_s does not apply."""
         with self._cv:
-            self._deadline, self._step = time.monotonic() + self.seconds, step
+            self._start, self._step, self._reported, self._may_end = time.monotonic(), step, False, may_end
             self._cv.notify()
 
     def close(self) -> None:
@@ -286,24 +294,35 @@ class StallReport:
         if self._thread is not None:
             self._thread.join(timeout=5)  # a report blocked on a full stderr pipe must not hold the run's end
 
+    def _due(self) -> float | None:
+        """Seconds into the step of the next action, None when none is left for it."""
+        due = [t for t, on in ((self.report_s, not self._reported), (self.exit_s, self._may_end)) if t > 0 and on]
+        return min(due) if due else None
+
     def _watch(self) -> None:
         while True:
-            report = None
+            report, ending = None, False
             with self._cv:
                 while report is None and not self._closed:
-                    left = None if self._deadline is None else self._deadline - time.monotonic()
+                    due = None if self._start is None else self._due()
+                    left = None if due is None else self._start + due - time.monotonic()
                     if left is None or left > 0:
                         self._cv.wait(left)
-                    else:
-                        self._deadline, report = None, self._stacks()
+                        continue
+                    ending = self._may_end and self.exit_s > 0 and due >= self.exit_s
+                    self._reported, report = True, self._stacks(due, ending)
             if report is None:
                 return
             print(report, file=sys.stderr, flush=True)  # outside the lock: a slow stderr never blocks arm()
+            if ending:
+                os._exit(STALL_EXIT)  # the main thread is stuck: no cleanup can run; checkpoints are atomic
 
-    def _stacks(self) -> str:
+    def _stacks(self, after: float, ending: bool) -> str:
         names = {t.ident: t.name for t in threading.enumerate()}
-        head = (f"longreach: step {self._step} still running after {self.seconds:g} s (rank {self.rank}, pid "
-                f"{os.getpid()}, {socket.gethostname()}); every thread's stack (most recent call last):")
+        then = (f"; ending the process (exit {STALL_EXIT}): the same command resumes from the last checkpoint"
+                if ending else "")
+        head = (f"longreach: step {self._step} still running after {after:g} s (rank {self.rank}, pid "
+                f"{os.getpid()}, {socket.gethostname()}){then}; every thread's stack (most recent call last):")
         parts = [head]
         for ident, frame in sys._current_frames().items():
             if ident != threading.get_ident():
@@ -384,9 +403,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model.train()
     stall = None
     try:
-        stall = StallReport(cfg.stall_report_s, d.rank)
+        stall = StallReport(cfg.stall_report_s, cfg.stall_exit_s, d.rank)
+        first = step
         while step < cfg.max_steps:
-            stall.arm(step + 1)
+            stall.arm(step + 1, may_end=step > first)  # this process's first step may be compiling
             t0 = time.perf_counter()
             # --- data: every micro-batch of the step, so the loss can be normalised by the step's token count
             micro = batches.next_step(cfg.micro_batch, cfg.grad_accum, cfg.doc_mask)

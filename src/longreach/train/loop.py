@@ -301,27 +301,30 @@ class StallReport:
 
     def _watch(self) -> None:
         while True:
-            report, ending = None, False
             with self._cv:
-                while report is None and not self._closed:
+                due = None
+                while due is None and not self._closed:
                     due = None if self._start is None else self._due()
                     left = None if due is None else self._start + due - time.monotonic()
                     if left is None or left > 0:
                         self._cv.wait(left)
-                        continue
-                    ending = self._may_end and self.exit_s > 0 and due >= self.exit_s
-                    self._reported, report = True, self._stacks(due, ending)
-            if report is None:
-                return
-            print(report, file=sys.stderr, flush=True)  # outside the lock: a slow stderr never blocks arm()
+                        due = None
+                if due is None:
+                    return
+                ending = self._may_end and self.exit_s > 0 and due >= self.exit_s
+                self._reported, step, start = True, self._step, self._start
+            # outside the lock: reading source lines or a slow stderr never blocks arm()
+            print(self._stacks(step, due, ending), file=sys.stderr, flush=True)
             if ending:
-                os._exit(STALL_EXIT)  # the main thread is stuck: no cleanup can run; checkpoints are atomic
+                with self._cv:  # still that step, still running: the main thread is stuck, no cleanup can run
+                    if not self._closed and (self._step, self._start) == (step, start):
+                        os._exit(STALL_EXIT)  # checkpoints are atomic: the last one stands
 
-    def _stacks(self, after: float, ending: bool) -> str:
+    def _stacks(self, step: int, after: float, ending: bool) -> str:
         names = {t.ident: t.name for t in threading.enumerate()}
         then = (f"; ending the process (exit {STALL_EXIT}): the same command resumes from the last checkpoint"
                 if ending else "")
-        head = (f"longreach: step {self._step} still running after {after:g} s (rank {self.rank}, pid "
+        head = (f"longreach: step {step} still running after {after:g} s (rank {self.rank}, pid "
                 f"{os.getpid()}, {socket.gethostname()}){then}; every thread's stack (most recent call last):")
         parts = [head]
         for ident, frame in sys._current_frames().items():
@@ -458,9 +461,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 break
         stopped = stopped or stop.signalled  # a SIGTERM during the last step or save: callers must stop too
     finally:
-        stop.close()  # SIGTERM acts as before once the run is over
         if stall is not None:
-            stall.close()
+            stall.close()  # first: a stall exit decided during the last step's report is called off
+        stop.close()  # SIGTERM acts as before once the run is over
     if bar is not None:
         bar.close()
     if log is not None:

@@ -36,6 +36,11 @@ def _losses(run: Path) -> list[float]:
     return [json.loads(ln)["loss"] for ln in lines[:-1]]
 
 
+def _subprocess_env() -> dict[str, str]:
+    """The environment of a training run started as a process of its own: this checkout's longreach."""
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+
+
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(checkpoint.latest(run) / "model.safetensors")
 
@@ -202,7 +207,7 @@ def test_killed_run_resumes_to_same_losses(tiny_model, tmp_path):
     args = [sys.executable, "-m", "longreach.cli", "train", "--model", str(tiny_model), "--data", str(data),
             "--out", str(run)] + [f"--set={k}={v}" for k, v in {**cfg, "lr": 3e-3, "warmup_steps": 2,
                                                                "progress": False}.items()]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = _subprocess_env()
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -226,7 +231,7 @@ def test_sigterm_saves_the_step_in_progress(tiny_model, tmp_path):
     args = [sys.executable, "-m", "longreach.cli", "train", "--model", str(tiny_model), "--data", str(data),
             "--out", str(run)] + [f"--set={k}={v}" for k, v in {"max_steps": 400, "save_every": 1000, "micro_batch": 4,
                                                                "progress": False}.items()]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = _subprocess_env()
     proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(_losses(run) if (run / "metrics.jsonl").exists() else []) < 3:
@@ -296,10 +301,10 @@ import json, sys, time
 from longreach.train import loop
 from longreach.train.config import TrainConfig
 real, calls = loop.forward_backward, []
-def hanging(*args):  # step HANG never returns, as a hung kernel would
+def hanging(*args):  # step argv[2] first waits argv[3] seconds, as a hung kernel (or a compilation) would
     calls.append(1)
     if len(calls) == int(sys.argv[2]):
-        time.sleep(600)
+        time.sleep(float(sys.argv[3]))
     return real(*args)
 loop.forward_backward = hanging
 loop.train(TrainConfig(**json.loads(open(sys.argv[1]).read())))
@@ -310,10 +315,8 @@ def _hanging_run(cfg: TrainConfig, tmp_path: Path, hang_step: int, sleep_s: floa
     """train(cfg) in a process of its own whose step `hang_step` (0: none) first sleeps `sleep_s`."""
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(config_io.to_dict(cfg)))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    code = _HANGING_RUN.replace("time.sleep(600)", f"time.sleep({sleep_s})")
-    return subprocess.run([sys.executable, "-c", code, str(path), str(hang_step)], env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
+    return subprocess.run([sys.executable, "-c", _HANGING_RUN, str(path), str(hang_step), str(sleep_s)],
+                          env=_subprocess_env(), capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_a_step_past_stall_exit_s_ends_the_process_and_the_same_command_resumes(tiny_model, pattern_shards,

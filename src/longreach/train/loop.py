@@ -302,15 +302,14 @@ class StallReport:
     def _watch(self) -> None:
         while True:
             with self._cv:
-                due = None
-                while due is None and not self._closed:
+                while True:  # until an action is due (or the run is over)
+                    if self._closed:
+                        return
                     due = None if self._start is None else self._due()
                     left = None if due is None else self._start + due - time.monotonic()
-                    if left is None or left > 0:
-                        self._cv.wait(left)
-                        due = None
-                if due is None:
-                    return
+                    if left is not None and left <= 0:
+                        break
+                    self._cv.wait(left)
                 ending = self._may_end and self.exit_s > 0 and due >= self.exit_s
                 self._reported, step, start = True, self._step, self._start
             # outside the lock: reading source lines or a slow stderr never blocks arm()

@@ -61,6 +61,27 @@ def write_pattern_shards(path: Path, n_seq: int = 16, seq_len: int = 32, vocab: 
     return path
 
 
+def word_tokenizer(vocab: int = 64):
+    """A word-level fast tokenizer: <unk> <s> </s>, then "w0" ... "w{vocab - 4}" (ids 3 ...)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(vocab - 3)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def with_extra_token(tok):
+    """A copy of `tok` with one more token ("<sep>"): a tokenizer that must hash differently."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, unk_token="<unk>", bos_token="<s>",
+                                  eos_token="</s>")
+    tok.add_tokens(["<sep>"])
+    return tok
+
+
 @pytest.fixture
 def tiny_model(tmp_path) -> Path:
     return write_tiny_llama(tmp_path / "model")

@@ -7,9 +7,10 @@ import os
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
+from conftest import with_extra_token, word_tokenizer
 from longreach.cli.apps import app
 from longreach.errors import InputError
 from longreach.model import rope, tiny
@@ -18,19 +19,10 @@ from longreach.model.load import load_model, load_tokenizer, resolve_dtype, save
 VOCAB = 64
 
 
-def _tiny_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(VOCAB - 3)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-
-
 @pytest.fixture
 def tiny_dir(tmp_path):
     model = tiny.tiny_llama(tiny.tiny_llama_config(VOCAB, max_position=256), seed=0)
-    return save_model(model, _tiny_tokenizer(), tmp_path / "src")
+    return save_model(model, word_tokenizer(VOCAB), tmp_path / "src")
 
 
 def test_save_and_load_round_trip(tiny_dir, tmp_path):
@@ -44,16 +36,9 @@ def test_save_and_load_round_trip(tiny_dir, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, again(ids).logits, rtol=0, atol=0)
     assert tokenizer_hash(tok) == tokenizer_hash(tok2)
-    assert tokenizer_hash(tok) != tokenizer_hash(load_tokenizer_with_extra_token(tok))
+    assert tokenizer_hash(tok) != tokenizer_hash(with_extra_token(tok))
     bf16, _ = load_model(tiny_dir, dtype="bf16")
     assert bf16.dtype == torch.bfloat16
-
-
-def load_tokenizer_with_extra_token(tok):
-    tok = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer, unk_token="<unk>", bos_token="<s>",
-                                  eos_token="</s>")
-    tok.add_tokens(["<sep>"])
-    return tok
 
 
 def test_save_is_atomic_and_replaces_an_existing_folder(tiny_dir, tmp_path):
@@ -119,7 +104,7 @@ def test_extend_cli_round_trip(tiny_dir, tmp_path, scheme, extra):
     record = json.loads((out / "longreach.json").read_text())
     assert record["stage"] == "extend" and record["scheme"] == scheme and record["target_len"] == 4096
     assert record["old_base"] == 10000.0 and record["source"] == str(tiny_dir)
-    assert record["tokenizer_hash"] == tokenizer_hash(_tiny_tokenizer()) == summary["tokenizer_hash"]
+    assert record["tokenizer_hash"] == tokenizer_hash(word_tokenizer(VOCAB)) == summary["tokenizer_hash"]
     # plain transformers, no longreach: new window, expected frequencies
     loaded = AutoModelForCausalLM.from_pretrained(out)
     assert loaded.config.max_position_embeddings == 4096

@@ -43,6 +43,12 @@
 # VARIANT_RECIPES="NAME=RECIPES;...": the named variant trains these SFT recipes (SFT_RECIPES' form) instead of
 # SFT_RECIPES, so two levers can share a hold (e.g. two 192K variants with the classic SFT, two 160K ones with
 # another SFT).
+# SOUPS="NAME=RUN+RUN[+...];...": once the named SFT runs (RECIPE-VARIANT, e.g.
+# smollm2-135m-128k-sft-replay-l160s1) have ended, their final checkpoints averaged (`longreach average`, a model
+# soup of data orders; runs that ended at different steps are not averaged) into $WORK/soup-NAME, and its issue
+# grid and perplexity (GPU j mod NGPU for soup j) and its grid in UNSEEN_HAYSTACK (GPU NGPU - 1 - j mod NGPU): eval/soup-NAME-generate, soup-NAME-unseen-generate,
+# ppl128-*-soup-NAME. SFT_EXTRA=0 leaves out the SFT models' own grids beyond the issue's (UNSEEN_HAYSTACK,
+# CROSS_GRIDS, SCRUB), e.g. to give the soups' grids the time.
 # CPT128_PARALLEL: how a 128K stage uses k > 1 GPUs: "cp" (default) context parallel, one sequence split over
 # them (the one-GPU recipe's tokens per step); "dp" data parallel (FSDP2), one sequence per GPU per step, so k
 # times the tokens in the same steps and about the same time (the tokens lever; the stream sees the one-GPU
@@ -102,6 +108,8 @@ SCRUB=${SCRUB:-}  # e.g. "San Francisco|best thing": each final SFT model's issu
 # same GPU (eval/NAME-STEP-scrub-generate): do the essays themselves hold what draws the answer away?
 SCRUB_LENGTHS=${SCRUB_LENGTHS:-96000,128000}
 CPT128_PARALLEL=${CPT128_PARALLEL:-cp}
+SOUPS=${SOUPS:-}
+SFT_EXTRA=${SFT_EXTRA:-1}
 LOGPROB_LENGTHS=${LOGPROB_LENGTHS:-}  # e.g. "32000,64000,96000,128000": NIAH scored by log-probability too
 # (the answer against 5 distractors, each also a needle in the context), for each final SFT model
 PPL_CONTEXT=${PPL_CONTEXT-4096}  # the by-position curves again with at most this many tokens of context per token
@@ -177,7 +185,7 @@ sft_run() {  # CONFIG STEPS GPU SUFFIX [GPU2]: one 128K SFT (started once its da
   export CUDA_VISIBLE_DEVICES=$3
   until [ -e "$W/data-$dn/.done" ]; do  # its data; the job's exit marker without them: give up
     if [ -e "$O/cpu-$dn.exit" ] && [ ! -e "$W/data-$dn/.done" ]; then
-      echo "no SFT data for $T (see $O/cpu-$dn.txt)" >> "$O/gpu.txt"; return
+      echo "no SFT data for $T (see $O/cpu-$dn.txt)" >> "$O/gpu.txt"; : > "$W/$T.final"; return
     fi
     sleep 5
   done
@@ -206,14 +214,16 @@ sft_run() {  # CONFIG STEPS GPU SUFFIX [GPU2]: one 128K SFT (started once its da
     sleep 5
   done
   wait
-  m=$(latest "$W/$T/sft3"); [ -n "$m" ] || return
+  m=$(latest "$W/$T/sft3")  # for SOUPS: its final checkpoint, or none (written whole: a soup polls for it)
+  echo "$m" > "$W/$T.final.tmp" && mv "$W/$T.final.tmp" "$W/$T.final"
+  [ -n "$m" ] || return
   n=$((10#${m##*-}))
   echo "$T: NIAH and perplexity of step $n" >> "$O/gpu.txt"
   # the grids beside each other, on one GPU too, where they share it (a 135M model's prompts one at a time may
   # leave it idle at times; the gain is not measured: building a 128K prompt takes ~0.5 s of CPU, its cell ~3.7 s)
-  (CUDA_VISIBLE_DEVICES=$g2 extra_grids "$m" "$T-$n" hay) &
+  [ "$SFT_EXTRA" = 0 ] || (CUDA_VISIBLE_DEVICES=$g2 extra_grids "$m" "$T-$n" hay) &
   niah_gen "$m" "$T-$n" 16
-  extra_grids "$m" "$T-$n" needle
+  [ "$SFT_EXTRA" = 0 ] || extra_grids "$m" "$T-$n" needle
   ppl "ppl128-short-$T-$n" "$PPL_SHORT" 8 "" --model "$m"
   long_curves "$T-$n" "$m"
   probe "$T-$n" "$m"
@@ -241,6 +251,33 @@ sharper() {  # MODEL NAME WINDOW BASE EXTEND_FLAGS...: the model with its attent
     || echo "$name failed (see $a.log)" >> "$O/gpu.txt"
 }
 
+soup_run() {  # NAME RUNS GPU GPU2: once every SFT run in RUNS ("+"-joined) has ended, the average of their final
+  # checkpoints, its issue grid and perplexity on GPU, its grid in UNSEEN_HAYSTACK on GPU2
+  local name=$1 g=$3 g2=$4 r m ckpts=() a=$W/soup-$1
+  IFS=+ read -ra runs <<< "$2"
+  for r in "${runs[@]}"; do
+    until [ -e "$W/$r.final" ]; do sleep 5; done
+    m=$(cat "$W/$r.final")
+    if [ -z "$m" ]; then echo "soup $name: $r has no final checkpoint" >> "$O/gpu.txt"; return; fi
+    if [ ${#ckpts[@]} -gt 0 ] && [ "${m##*/}" != "${ckpts[0]##*/}" ]; then  # e.g. one stopped by the deadline
+      echo "soup $name: $r ended at ${m##*/}, ${runs[0]} at ${ckpts[0]##*/}: not averaged" >> "$O/gpu.txt"; return
+    fi
+    ckpts+=("$m")
+  done
+  echo "soup $name: averaging ${ckpts[*]}" >> "$O/gpu.txt"
+  LR average "${ckpts[@]}" --out "$a" > "$W/eval/soup-$name-average.log" 2>&1 \
+    || { echo "soup $name failed (see eval/soup-$name-average.log)" >> "$O/gpu.txt"; return; }
+  if [ -n "$UNSEEN_HAYSTACK" ]; then
+    (CUDA_VISIBLE_DEVICES=$g2 niah_gen "$a" "soup-$name-unseen" 16 "$L128" "${RING[@]}" --haystack "$UNSEEN_HAYSTACK") &
+  fi
+  export CUDA_VISIBLE_DEVICES=$g
+  niah_gen "$a" "soup-$name" 16
+  ppl "ppl128-short-soup-$name" "$PPL_SHORT" 8 "" --model "$a"
+  long_curves "soup-$name" "$a"
+  wait
+  echo "soup $name: done" >> "$O/gpu.txt"
+}
+
 if [ ${#VARIANTS[@]} -gt "$NGPU" ]; then
   echo "CPT128_VARIANTS has ${#VARIANTS[@]} variants for NGPU=$NGPU: at least one GPU per variant" >&2; exit 2
 fi
@@ -262,6 +299,24 @@ done
 recipes_of() { echo "${VARIANT_RECIPE["v:$1"]-$RECIPES}"; }  # VARIANT_NAME: its SFT recipes
 ALL_RECIPES=
 for e in "${VARIANTS[@]}"; do ALL_RECIPES+=" $(recipes_of "${e%%:*}")"; done
+RUNS=" "  # every SFT run's name, RECIPE-VARIANT (SOUPS are checked against them)
+for e in "${VARIANTS[@]}"; do
+  v=${e%%:*}
+  for r in $(recipes_of "$v"); do RUNS+="$(name_of "${r%%:*}")${v:+-$v} "; done
+done
+IFS=';' read -ra SOUP_LIST <<< "$SOUPS"
+soup_names=" "
+for e in "${SOUP_LIST[@]}"; do
+  IFS=+ read -ra rs <<< "${e#*=}"
+  if [[ ! ${e%%=*} =~ ^[A-Za-z0-9_.-]+$ || $e != *=* || ${#rs[@]} -lt 2 || $e == *+ ]]; then
+    echo "SOUPS entry '$e': NAME=RUN+RUN[+...] (NAME of letters, digits, _ . -)" >&2; exit 2
+  fi
+  case $soup_names in *" ${e%%=*} "*) echo "SOUPS names ${e%%=*} twice" >&2; exit 2 ;; esac
+  soup_names+="${e%%=*} "
+  for r in "${rs[@]}"; do
+    case $RUNS in *" $r "*) ;; *) echo "SOUPS names $r, not an SFT run of this chain:$RUNS" >&2; exit 2 ;; esac
+  done
+done
 # A variant with NR recipes and VG >= 2 NR GPUs is SPARE: each recipe j has a GPU of its own (NR + j) that trains
 # no SFT for its extra grids, and the last GPU, where EVAL_CPT runs, trains none. (Written when a 128K grid at batch 16
 # would hold ~48 GB of KV cache: 30 layers x 3 KV heads x 64 x 2 x 2 bytes x 131,072 tokens x 16. The backend now
@@ -278,7 +333,7 @@ field() {  # VARIANT N: its N-th ":" field (1: prepare flags, 2: extend flags, 3
   for ((k = 1; k < $2; k++)); do [[ $rest == *:* ]] && rest=${rest#*:} || rest=; done
   if [ "$2" -ge 3 ]; then echo "$rest"; else echo "${rest%%:*}"; fi
 }
-rm -f "$O"/.prepare128* "$O/.done"  # markers of an earlier run
+rm -f "$O"/.prepare128* "$O/.done" "$W"/*.final  # markers of an earlier run
 for e in "${VARIANTS[@]}"; do  # the corpus packed at 128K, once per variant (CPU only, beside the 32K stage)
   x=$(suffix "$e"); a=$(field "$e" 1)
   (SHARDS128=$S/shards-128k$x PACK_ARGS="$a" OUT=$O/cpu$x bash $P prepare128 > "$O/cpu$x.txt" 2>&1
@@ -347,6 +402,11 @@ variant() {  # INDEX VARIANT: its 128K continued pretraining on its VG GPUs (i*V
 i=0
 for e in "${VARIANTS[@]}"; do
   variant $i "$e" &
+  i=$((i + 1))
+done
+i=0
+for e in "${SOUP_LIST[@]}"; do  # each waits for its runs' SFTs
+  soup_run "${e%%=*}" "${e#*=}" $((i % NGPU)) $(((NGPU - 1 - i % NGPU) % NGPU)) &
   i=$((i + 1))
 done
 wait

@@ -5,6 +5,8 @@
 
 Also the way to convert a GGUF to safetensors once: `--scheme theta --base 100000 --target-len 8192` keeps
 SmolLM2's RoPE as it is. Prints a JSON summary on stdout; progress goes to stderr.
+
+`longreach average --out runs/soup A B ...` averages models fine-tuned from one start (model/average.py).
 """
 
 from __future__ import annotations
@@ -46,6 +48,22 @@ def extend(
                                 dynamic=dynamic, dtype=dtype, attention_factor=attention_factor,
                                 query_log_scale=query_log_scale, query_log_floor=query_log_floor)
     print(json.dumps(summary, indent=2))
+
+
+@app.command("average")
+def average(
+    models: Annotated[list[str], typer.Argument(help="two or more Hugging Face model folders (or .gguf files) "
+                                                     "fine-tuned from one start: same config and tokenizer")],
+    out: Annotated[Path, typer.Option(help="output folder (Hugging Face layout + longreach.json)")],
+    weight: Annotated[list[float] | None, typer.Option(
+        help="one per model, in order (repeatable; default: equal); scaled to sum 1")] = None,
+    dtype: Annotated[str | None, typer.Option(help="bf16 | fp32 | fp16 (default: the first model's)")] = None,
+) -> None:
+    """Average the models' weights tensor by tensor (a model soup of runs that differ in data order or seed),
+    save the result, and print a JSON summary with the models' spread around it."""
+    from longreach.model.average import average_models
+
+    print(json.dumps(average_models(models, out, weights=weight, dtype=dtype), indent=2))
 
 
 @app.command("rope-plan")

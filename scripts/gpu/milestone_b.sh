@@ -214,8 +214,9 @@ sft_run() {  # CONFIG STEPS GPU SUFFIX [GPU2]: one 128K SFT (started once its da
     sleep 5
   done
   wait
-  m=$(latest "$W/$T/sft3")  # for SOUPS: its final checkpoint, or none (written whole: a soup polls for it)
-  echo "$m" > "$W/$T.final.tmp" && mv "$W/$T.final.tmp" "$W/$T.final"
+  m=$(latest "$W/$T/sft3")  # for SOUPS: its final checkpoint, or none, written whole (a soup polls for it); the
+  # marker appears even if the write fails (a full disk): then empty, and the soup gives up instead of waiting
+  echo "$m" > "$W/$T.final.tmp"; mv -f "$W/$T.final.tmp" "$W/$T.final"
   [ -n "$m" ] || return
   n=$((10#${m##*-}))
   echo "$T: NIAH and perplexity of step $n" >> "$O/gpu.txt"

@@ -6,12 +6,13 @@
 Runs of one recipe from the same starting model that differ only in data order or seed are averaged tensor by
 tensor: Wortsman et al.'s uniform soup (2022), and the way Llama 3 combines its post-training runs. The models
 must agree on their config (all but names, dtype and cache fields), tensor names and shapes, and tokenizer (by
-hash); anything else is refused, naming the model and the field. Float tensors are summed in float32 and stored
-in the first model's dtype (or `dtype`); any other tensor must be equal in all models. Models are loaded one at a
+hash); anything else is refused, naming the model and the field. Float tensors are averaged in float32, as the
+first model plus the weighted sum of the others' differences from it, and stored in the first model's dtype (or
+`dtype`); any other tensor must be equal in all models. Models are loaded one at a
 time, so memory holds two models, the first one's float tensors in float32 and the float32 sum.
 
 The summary's `spread` is each model's distance from the average, relative to the average's norm
-(sqrt(sum_i w_i |t_i - avg|^2) / |avg| over all float tensors): near 0 when the runs barely moved apart, and a
+(sqrt(sum_i w_i |t_i - avg|^2) / |avg| over the float tensors, a tied one once): near 0 when the runs barely moved apart, and a
 large spread warns that averaging may land off both runs' paths. longreach.json records the sources, weights,
 spread and the sources' own longreach.json.
 """

@@ -18,9 +18,9 @@ from longreach.model.load import load_model, save_model
 VOCAB = 64
 
 
-def _save(tmp_path, name, seed=0, tok=None, **config):
+def _save(tmp_path, name, seed=0, tok=None, extra=None, **config):
     cfg = tiny.tiny_llama_config(VOCAB, max_position=256, **config)
-    return save_model(tiny.tiny_llama(cfg, seed=seed), tok or word_tokenizer(VOCAB), tmp_path / name)
+    return save_model(tiny.tiny_llama(cfg, seed=seed), tok or word_tokenizer(VOCAB), tmp_path / name, extra=extra)
 
 
 def _weights(path):
@@ -29,7 +29,7 @@ def _weights(path):
 
 
 def test_the_average_of_two_runs_is_their_mean_and_a_working_model(tmp_path):
-    a, b = _save(tmp_path, "a", seed=0), _save(tmp_path, "b", seed=1)
+    a, b = _save(tmp_path, "a", seed=0), _save(tmp_path, "b", seed=1, extra={"stage": "sft", "seed": 1})
     summary = average_models([a, b], tmp_path / "soup")
     wa, wb, ws = _weights(a), _weights(b), _weights(tmp_path / "soup")
     for name, t in ws.items():
@@ -42,7 +42,7 @@ def test_the_average_of_two_runs_is_their_mean_and_a_working_model(tmp_path):
     assert summary["spread"] == pytest.approx((dev / norm) ** 0.5, rel=1e-4) and summary["spread"] > 0.05
     record = json.loads((tmp_path / "soup" / "longreach.json").read_text())
     assert record["stage"] == "average" and record["sources"] == [str(a), str(b)] and record["weights"] == [0.5, 0.5]
-    assert record["tokenizer_hash"] is not None and record["parents"] == [None, None]
+    assert record["tokenizer_hash"] is not None and record["parents"] == [None, {"stage": "sft", "seed": 1}]
     model, tok = load_model(tmp_path / "soup")
     ids = torch.tensor([tok("w1 w2 w3").input_ids])
     with torch.no_grad():

@@ -45,10 +45,10 @@
 # another SFT).
 # SOUPS="NAME=RUN+RUN[+...];...": once the named SFT runs (RECIPE-VARIANT, e.g.
 # smollm2-135m-128k-sft-replay-l160s1) have ended, their final checkpoints averaged (`longreach average`, a model
-# soup of data orders; runs that ended at different steps are not averaged) into $WORK/soup-NAME, and its issue
-# grid and perplexity (GPU j mod NGPU for soup j) and its grid in UNSEEN_HAYSTACK (GPU NGPU - 1 - j mod NGPU): eval/soup-NAME-generate, soup-NAME-unseen-generate,
-# ppl128-*-soup-NAME. SFT_EXTRA=0 leaves out the SFT models' own grids beyond the issue's (UNSEEN_HAYSTACK,
-# CROSS_GRIDS, SCRUB), e.g. to give the soups' grids the time.
+# soup of data orders; runs that ended at different steps are not averaged) into $WORK/soup-NAME, then its issue
+# grid and perplexity (GPU j mod NGPU for soup j) and its grid in UNSEEN_HAYSTACK (GPU NGPU - 1 - j mod NGPU):
+# eval/soup-NAME-generate, soup-NAME-unseen-generate, ppl128-*-soup-NAME. SFT_EXTRA=0 leaves out the SFT models'
+# own grids beyond the issue's (UNSEEN_HAYSTACK, CROSS_GRIDS, SCRUB), e.g. to give the soups' grids the time.
 # CPT128_PARALLEL: how a 128K stage uses k > 1 GPUs: "cp" (default) context parallel, one sequence split over
 # them (the one-GPU recipe's tokens per step); "dp" data parallel (FSDP2), one sequence per GPU per step, so k
 # times the tokens in the same steps and about the same time (the tokens lever; the stream sees the one-GPU
@@ -254,7 +254,7 @@ sharper() {  # MODEL NAME WINDOW BASE EXTEND_FLAGS...: the model with its attent
 
 soup_run() {  # NAME RUNS GPU GPU2: once every SFT run in RUNS ("+"-joined) has ended, the average of their final
   # checkpoints, its issue grid and perplexity on GPU, its grid in UNSEEN_HAYSTACK on GPU2
-  local name=$1 g=$3 g2=$4 r m ckpts=() a=$W/soup-$1
+  local name=$1 g=$3 g2=$4 r m ckpts=() runs a=$W/soup-$1
   IFS=+ read -ra runs <<< "$2"
   for r in "${runs[@]}"; do
     until [ -e "$W/$r.final" ]; do sleep 5; done
@@ -269,7 +269,8 @@ soup_run() {  # NAME RUNS GPU GPU2: once every SFT run in RUNS ("+"-joined) has 
   LR average "${ckpts[@]}" --out "$a" > "$W/eval/soup-$name-average.log" 2>&1 \
     || { echo "soup $name failed (see eval/soup-$name-average.log)" >> "$O/gpu.txt"; return; }
   if [ -n "$UNSEEN_HAYSTACK" ]; then
-    (CUDA_VISIBLE_DEVICES=$g2 niah_gen "$a" "soup-$name-unseen" 16 "$L128" "${RING[@]}" --haystack "$UNSEEN_HAYSTACK") &
+    (CUDA_VISIBLE_DEVICES=$g2 niah_gen "$a" "soup-$name-unseen" 16 "$L128" "${RING[@]}" \
+      --haystack "$UNSEEN_HAYSTACK") &
   fi
   export CUDA_VISIBLE_DEVICES=$g
   niah_gen "$a" "soup-$name" 16

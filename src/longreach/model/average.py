@@ -12,9 +12,9 @@ first model plus the weighted sum of the others' differences from it, and stored
 time, so memory holds two models, the first one's float tensors in float32 and the float32 sum.
 
 The summary's `spread` is each model's distance from the average, relative to the average's norm
-(sqrt(sum_i w_i |t_i - avg|^2) / |avg| over the float tensors, a tied one once): near 0 when the runs barely moved apart, and a
-large spread warns that averaging may land off both runs' paths. longreach.json records the sources, weights,
-spread and the sources' own longreach.json.
+(sqrt(sum_i w_i |t_i - avg|^2) / |avg| over the float tensors, a tied one once): near 0 when the runs barely moved
+apart, and a large spread warns that averaging may land off both runs' paths. longreach.json records the sources,
+weights, spread and the sources' own longreach.json.
 """
 
 from __future__ import annotations
@@ -94,6 +94,7 @@ def average_models(models: list[str | Path], out_dir: str | Path, weights: list[
         model, tokenizer = load_model(path)
         h = tokenizer_hash(tokenizer)
         state = model.state_dict()
+        parents.append(_record_of(path))
         if i == 0:
             first, ref_config, ref_hash, tok, ref_state = model, model.config, h, tokenizer, state
             seen = set()
@@ -118,9 +119,7 @@ def average_models(models: list[str | Path], out_dir: str | Path, weights: list[
                 diff[name].add_(d, alpha=wi)
             elif not t.is_floating_point() and not torch.equal(t, ref_state[name]):
                 raise InputError(f"a non-float tensor differs from {paths[0]}", path=path, field=name)
-        parents.append(_record_of(path))
         del model, state
-    parents.insert(0, _record_of(paths[0]))
     spread_sq = sq_diff - sum(_sq_norm(d) for d in diff.values())  # sum_i w_i |t_i - avg|^2
     avg = {name: ref[name].add_(d) for name, d in diff.items()}
     avg_sq = sum(_sq_norm(t) for t in avg.values())

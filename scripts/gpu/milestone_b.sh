@@ -299,12 +299,12 @@ for e in "${vr[@]}"; do
   esac
 done
 recipes_of() { echo "${VARIANT_RECIPE["v:$1"]-$RECIPES}"; }  # VARIANT_NAME: its SFT recipes
+suffix() { local v=${1%%:*}; echo "${v:+-$v}"; }  # VARIANT: "-NAME" of its outputs ("" for the unnamed one)
 ALL_RECIPES=
-for e in "${VARIANTS[@]}"; do ALL_RECIPES+=" $(recipes_of "${e%%:*}")"; done
-RUNS=" "  # every SFT run's name, RECIPE-VARIANT (SOUPS are checked against them)
+RUNS=" "  # every SFT run's name as sft_run gives it, RECIPE-VARIANT (SOUPS are checked against them)
 for e in "${VARIANTS[@]}"; do
-  v=${e%%:*}
-  for r in $(recipes_of "$v"); do RUNS+="$(name_of "${r%%:*}")${v:+-$v} "; done
+  rl=$(recipes_of "${e%%:*}"); ALL_RECIPES+=" $rl"
+  for r in $rl; do RUNS+="$(name_of "${r%%:*}")$(suffix "$e") "; done
 done
 IFS=';' read -ra SOUP_LIST <<< "$SOUPS"
 soup_names=" "
@@ -328,7 +328,6 @@ ga=$($PY -c "import yaml; print(yaml.safe_load(open('configs/smollm2-135m-32k.ya
 if [ $((ga % NGPU)) -ne 0 ]; then
   echo "grad_accum $ga of configs/smollm2-135m-32k.yaml is not divisible by NGPU=$NGPU" >&2; exit 2
 fi
-suffix() { local v=${1%%:*}; echo "${v:+-$v}"; }  # VARIANT: "-NAME" of its outputs ("" for the unnamed one)
 field() {  # VARIANT N: its N-th ":" field (1: prepare flags, 2: extend flags, 3: train flags, the rest of the
   # entry: it may hold ":" itself, e.g. a path)
   local rest=${1#"${1%%:*}"} k; rest=${rest#:}

@@ -19,13 +19,12 @@ weights, spread and the sources' own longreach.json.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from longreach.errors import InputError
-from longreach.model.load import load_model, resolve_dtype, save_model, tokenizer_hash
+from longreach.model.load import load_model, read_record, resolve_dtype, save_model, tokenizer_hash
 
 # config.json fields that may differ between models of one recipe without changing the network
 IGNORED_CONFIG_KEYS = frozenset({"_name_or_path", "name_or_path", "transformers_version", "dtype", "torch_dtype",
@@ -94,7 +93,7 @@ def average_models(models: list[str | Path], out_dir: str | Path, weights: list[
         model, tokenizer = load_model(path)
         h = tokenizer_hash(tokenizer)
         state = model.state_dict()
-        parents.append(_record_of(path))
+        parents.append(read_record(path) or None)
         if i == 0:
             first, ref_config, ref_hash, tok, ref_state = model, model.config, h, tokenizer, state
             seen = set()
@@ -138,8 +137,3 @@ def average_models(models: list[str | Path], out_dir: str | Path, weights: list[
     return {**{k: v for k, v in record.items() if k != "parents"}, "out": str(out_dir),
             "parents": "(in longreach.json)"}
 
-
-def _record_of(path: str) -> dict | None:
-    """A source's own longreach.json (what made it), or None."""
-    meta = Path(path) / "longreach.json"
-    return json.loads(meta.read_text()) if meta.is_file() else None

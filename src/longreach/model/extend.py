@@ -9,13 +9,12 @@ frequencies. longreach.json records what was done (stage "extend", scheme, bases
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from longreach.errors import InputError
 from longreach.model import logscale, rope
-from longreach.model.load import load_model, save_model, tokenizer_hash
+from longreach.model.load import load_model, read_record, save_model, tokenizer_hash
 
 
 def verify_saved_rope(out_dir: str | Path, expected_inv_freq, expected_window: int) -> None:
@@ -57,10 +56,9 @@ def extend_checkpoint(model_path: str | Path, out_dir: str | Path, target_len: i
     if query_log_scale is not None:  # a config field: the saved model gets it; this one is only saved
         logscale.configure(model.config, query_log_scale, query_log_floor)
     summary["query_log_scale"] = logscale.settings(model.config)
-    parent = Path(model_path) / "longreach.json"
     record = {"stage": "extend", **summary, "source": str(model_path),
               "tokenizer_hash": tokenizer_hash(tok), "dtype": str(model.dtype).removeprefix("torch."),
-              "parent": json.loads(parent.read_text()) if parent.is_file() else None}
+              "parent": read_record(model_path) or None}
     save_model(model, tok, out_dir, extra=record)
     verify_saved_rope(out_dir, rope.inv_freq(model.config), model.config.max_position_embeddings)
     return {**record, "out": str(out_dir), "parent": None if record["parent"] is None else "(in longreach.json)"}

@@ -190,6 +190,15 @@ def write_config_for_use(folder: str | Path, config: Any) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
+RECORD = "longreach.json"  # what made a model or checkpoint folder: stage, source, settings, lineage
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """The longreach.json of a model or checkpoint folder ({} if it has none, e.g. a .gguf file)."""
+    record = Path(path) / RECORD
+    return json.loads(record.read_text()) if record.is_file() else {}
+
+
 def save_model(model, tokenizer, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write safetensors + config + tokenizer in Hugging Face layout (and `extra` as longreach.json).
 
@@ -207,7 +216,7 @@ def save_model(model, tokenizer, out_dir: str | Path, extra: dict[str, Any] | No
             tokenizer.save_pretrained(tmp)
         write_config_for_use(tmp, model.config)
         if extra is not None:
-            (tmp / "longreach.json").write_text(json.dumps(extra, indent=2) + "\n")
+            (tmp / RECORD).write_text(json.dumps(extra, indent=2) + "\n")
         for f in tmp.iterdir():
             f.chmod(0o666 & ~umask)
     except BaseException:

@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from longreach.model.load import RECORD, read_record
+
 STEP_DIR = re.compile(r"^step-(\d+)$")
-META = "longreach.json"
+META = RECORD
 
 
 def step_dir(run_dir: str | Path, step: int) -> Path:
@@ -44,10 +46,7 @@ def latest(run_dir: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
-    """The longreach.json of a checkpoint or extended model folder ({} if it has none)."""
-    meta = Path(path) / META
-    return json.loads(meta.read_text()) if meta.is_file() else {}
+read_meta = read_record  # the longreach.json of a checkpoint or extended model folder ({} if it has none)
 
 
 def rng_state() -> dict[str, Any]:

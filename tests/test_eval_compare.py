@@ -12,7 +12,17 @@ from typer.testing import CliRunner
 
 from longreach.cli import app
 from longreach.errors import InputError
-from longreach.eval.compare import bootstrap_interval, compare, find_results, load, mean_interval, sign_test
+from longreach.eval.compare import (
+    bootstrap_interval,
+    compare,
+    differing_test_fields,
+    find_results,
+    load,
+    mean_interval,
+    same_grid,
+    several,
+    sign_test,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "docs" / "data"
 SLOWDIMS = DATA / "smollm2-128k-slowdims-h100x2-2026-11-26.json"  # a `longreach report` summary (session 10)
@@ -125,3 +135,52 @@ def test_compare_command_on_the_recorded_runs(tmp_path):
     assert "not training" in r.output  # the intervals say what they leave out
     r = CliRunner().invoke(app, ["eval", "compare", str(one), str(one), "--draws", "5"])
     assert r.exit_code != 0 and "--draws" in str(r.exception)
+
+
+def test_a_against_several_results(tmp_path):
+    """A soup against each of its runs, then against their mean cell by cell (one vote per cell), and the cells
+    summed over the runs: on the command line, `eval compare A B1 B2`."""
+    a = grid({1000: [1, 1, 1, 0], 2000: [1, 1, 0, 0]})
+    b1 = grid({1000: [1, 0, 1, 1], 2000: [0, 0, 0, 0]})  # A better in 3 cells, B1 in 1
+    b2 = grid({1000: [0, 0, 1, 0], 2000: [1, 1, 0, 0]})  # A better in 2 cells, B2 in none
+    r = several(a, [("b1", b1), ("b2", b2)], draws=200)
+    assert [row["b"] for row in r["pairs"]] == ["b1", "b2"] and r["a_above_every_b"]
+    assert r["summed"] == {"cell_comparisons": 16, "a_better": 5, "b_better": 1, "sign_test_p": sign_test(5, 1)}
+    # the mean of B1 and B2 per cell: 1000: .5 0 1 .5, 2000: .5 .5 0 0; A better in 4 cells, the mean in 1
+    m = r["against_mean"]
+    assert (m["cells"], m["a_better"], m["b_better"], m["sign_test_p"]) == (8, 4, 1, sign_test(4, 1))
+    assert math.isclose(m["difference"], 5 / 8 - 3 / 8)
+    assert not several(a, [("b1", b1), ("a", a)], draws=200)["a_above_every_b"]
+    with pytest.raises(InputError, match="A and B far: .*share no"):
+        several(a, [("b1", b1), ("far", {(64000, 0.0): 1.0})], draws=200)
+    paths = []
+    for name, cells in {"a": a, "b1": b1, "b2": b2}.items():
+        paths.append(tmp_path / name / "results.json")
+        paths[-1].parent.mkdir()
+        paths[-1].write_text(json.dumps({"cells": [[n, d, v] for (n, d), v in cells.items()]}))
+    r = CliRunner().invoke(app, ["eval", "compare", *map(str, paths), "--draws", "200", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert [row["b"] for row in out["pairs"]] == [str(paths[1]), str(paths[2])] and out["a"] == str(paths[0])
+    assert (out["summed"]["a_better"], out["against_mean"]["a_better"]) == (5, 4)
+    r = CliRunner().invoke(app, ["eval", "compare", *map(str, paths), "--draws", "200"])
+    assert r.exit_code == 0 and r.output.count("sign test p =") == 4 and r.output.count("not training") == 1
+    assert "A against the 2 Bs' mean, cell by cell (8 cells)" in r.output and "every B's: yes" in r.output
+    assert "Summed over the Bs (16 cell comparisons, each of A's cells once per B): A better 5, B better 1" in r.output
+
+
+def test_two_results_ran_one_test_where_what_both_record_agrees():
+    """Grids with the same cells in another haystack or with another needle are not one grid; a field one result
+    does not record is read as its old default (trials 1, no sentences dropped, ...) or, where none, not checked."""
+    cells = [[1000, 0.0, 1.0], [1000, 50.0, 0.0]]
+    issue = {"cells": cells, "needle": "N1.", "question": "Q1?", "mode": "generate", "haystack_sha256": "h1",
+             "trials": 1, "drop_sentences": "", "distractors_in_context": False}
+    assert same_grid(issue, {**issue, "model": "other", "mean": 0.5}) and not differing_test_fields(issue, issue)
+    assert differing_test_fields(issue, {**issue, "needle": "N2.", "haystack_sha256": "h2"}) == ["needle",
+                                                                                              "haystack_sha256"]
+    old = {k: v for k, v in issue.items() if k not in ("haystack_sha256", "drop_sentences", "trials")}
+    assert same_grid(issue, old)  # written before those fields existed: the same test
+    assert not same_grid(issue, {**old, "trials": 3})
+    assert differing_test_fields({**issue, "mode": "logprob"}, {**issue, "mode": "logprob",
+                                                           "distractors_in_context": True}) == ["distractors_in_context"]
+    assert not same_grid(issue, {**issue, "cells": cells[:1]})

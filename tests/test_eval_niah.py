@@ -4,6 +4,7 @@ rules, results.json schema and heatmap, logprob and pass-key modes, the CLI, the
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 
@@ -85,6 +86,9 @@ def test_run_writes_results_heatmap_and_records(tmp_path, essays):
     res = niah.run(cfg, backend=tiny_backend())
     saved = json.loads((tmp_path / "n" / "results.json").read_text())
     assert saved == res and saved["model"] == "tiny" and saved["chat"] is True
+    # the haystack by its text (a report pairs only grids of one test) and no runs averaged: "tiny" is no soup
+    assert saved["haystack_sha256"] == hashlib.sha256(niah.read_haystack(essays).encode()).hexdigest()
+    assert saved["model_sources"] is None
     assert [(c["length"], c["depth"]) for c in saved["cells"]] == [(n, d) for n in (200, 400) for d in (0, 50, 100)]
     assert all(set(c) == {"length", "depth", "score"} and 0 <= c["score"] <= 1 for c in saved["cells"])
     assert saved["mean"] == pytest.approx(sum(c["score"] for c in saved["cells"]) / 6)

@@ -143,3 +143,63 @@ def test_report_pairs_results_on_the_same_grid(tmp_path):
     assert "### Pairs on the same grid" in md and "| a/results.json | b/results.json | 0.83 | 0.33 | +0.50 [" in md
     assert "not training" in md  # what the intervals leave out
     assert "| 3 / 0 | 0.25 |" in md
+
+
+def test_report_pairs_a_soup_with_its_runs_and_only_grids_of_one_test(tmp_path, monkeypatch):
+    """A soup's grid (its results.json names the runs it averages) against its runs' grids, with the two readings
+    of `eval compare A B1 B2`; a grid with the same cells but another needle and haystack (an unseen grid) pairs with
+    none of them; a run's result from before haystack_sha256 existed still pairs; a run named by a relative path is
+    found by the absolute one the soup records."""
+    run = tmp_path / "run"
+    test = {"needle": "N.", "question": "Q?", "haystack_sha256": "h1"}
+    unseen = {"needle": "Other.", "question": "Other?", "haystack_sha256": "h2"}
+    sources = [str(tmp_path / "m" / "r1"), str(tmp_path / "m" / "r2"), str(tmp_path / "m" / "r3")]
+    grids = {"r1": ([1, 1, 1, 1, 1, 0], test, "m/r1", None),
+             "r2": ([1, 0, 0, 1, 1, 0], {"needle": "N.", "question": "Q?"}, str(tmp_path / "m" / "r2"), None),
+             "soup": ([1, 1, 1, 1, 1, 1], test, "m/soup", sources),  # r3's grid is not in the folder
+             "soup-unseen": ([0, 0, 0, 0, 0, 0], unseen, "m/soup", sources)}
+    for name, (scores, fields, model, srcs) in grids.items():
+        (run / name).mkdir(parents=True)
+        result = {**niah_result(model, scores), **fields, "model_sources": srcs}
+        (run / name / "results.json").write_text(json.dumps(result))
+    monkeypatch.chdir(tmp_path)  # where the relative model paths were written
+    out = tmp_path / "report"
+    r = CliRunner().invoke(app, ["report", str(run), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(p["a"], p["b"]) for p in summary["niah_pairs"]] == [
+        ("r1/results.json", "r2/results.json"), ("r1/results.json", "soup/results.json"),
+        ("r2/results.json", "soup/results.json")] and summary["niah_pairs_left_out"] == []
+    (soup,) = summary["niah_soups"]  # the unseen grid has no run on its test
+    assert soup["soup"] == "soup/results.json" and soup["sources"] == 3 and soup["a_above_every_b"]
+    assert [(row["b"], row["a_better"], row["b_better"]) for row in soup["pairs"]] == [
+        ("r1/results.json", 1, 0), ("r2/results.json", 3, 0)]
+    assert soup["summed"] == {"cell_comparisons": 12, "a_better": 4, "b_better": 0, "sign_test_p": 0.125}
+    assert (soup["against_mean"]["a_better"], soup["against_mean"]["b_better"]) == (3, 0)
+    assert summary["niah"][0]["needle"] == "N." and summary["niah"][2]["model_sources"] == sources
+    md = (out / "report.md").read_text()
+    assert "### Soup against its runs: soup/results.json" in md and "averages 3 runs; 2 of their grids" in md
+    assert "Summed over the Bs (12 cell comparisons" in md and "| r2/results.json | 1.00 | 0.50 |" in md
+
+
+def test_report_keeps_logprob_grids_of_different_distractors_apart(tmp_path):
+    run = tmp_path / "run"
+    for name, strict in (("lenient", False), ("strict", True)):
+        (run / name).mkdir(parents=True)
+        result = {**niah_result(name, [1, 1, 1, 1, 1, 0]), "mode": "logprob", "distractors_in_context": strict}
+        (run / name / "results.json").write_text(json.dumps(result))
+    out = tmp_path / "report"
+    assert CliRunner().invoke(app, ["report", str(run), "--out", str(out)]).exit_code == 0
+    assert json.loads((out / "summary.json").read_text())["niah_pairs"] == []
+
+
+def test_report_names_results_left_out_of_the_pairs(tmp_path):
+    run = tmp_path / "run"
+    for i in range(7):
+        (run / f"m{i}").mkdir(parents=True)
+        (run / f"m{i}" / "results.json").write_text(json.dumps(niah_result(f"m{i}", [1, 1, 1, 1, 1, i % 2])))
+    out = tmp_path / "report"
+    assert CliRunner().invoke(app, ["report", str(run), "--out", str(out)]).exit_code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["niah_pairs"]) == 15 and summary["niah_pairs_left_out"] == ["m6/results.json"]
+    assert "Not paired (more than six results on one grid" in (out / "report.md").read_text()

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from conftest import with_extra_token, word_tokenizer
 from longreach.cli.apps import app
 from longreach.errors import InputError
+from longreach.eval import niah
 from longreach.model import tiny
 from longreach.model.average import average_models, normalized_weights
 from longreach.model.load import load_model, save_model
@@ -43,6 +44,8 @@ def test_the_average_of_two_runs_is_their_mean_and_a_working_model(tmp_path):
     record = json.loads((tmp_path / "soup" / "longreach.json").read_text())
     assert record["stage"] == "average" and record["sources"] == [str(a), str(b)] and record["weights"] == [0.5, 0.5]
     assert record["tokenizer_hash"] is not None and record["parents"] == [None, {"stage": "sft", "seed": 1}]
+    # what a NIAH result of the soup records, for a report to pair it with its runs' results
+    assert niah.model_sources(str(tmp_path / "soup")) == [str(a), str(b)] and niah.model_sources(str(b)) is None
     model, tok = load_model(tmp_path / "soup")
     ids = torch.tensor([tok("w1 w2 w3").input_ids])
     with torch.no_grad():
@@ -149,3 +152,16 @@ def test_cli_prints_the_summary(tmp_path):
     summary = json.loads(result.stdout)
     assert summary["out"] == str(tmp_path / "soup") and summary["weights"] == [0.5, 0.5]
     assert (tmp_path / "soup" / "model.safetensors").exists()
+
+
+def test_sources_are_recorded_absolute_and_read_back_by_niah(tmp_path, monkeypatch, capsys):
+    """Runs named relative to the working folder are recorded as absolute paths, so a report run from elsewhere
+    still finds the runs' NIAH results; a model that is no soup, a .gguf file or an unreadable record gives None."""
+    _save(tmp_path, "a", seed=0), _save(tmp_path, "b", seed=1)
+    monkeypatch.chdir(tmp_path)
+    average_models(["a", "./b/"], "soup")
+    assert niah.model_sources("soup") == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert niah.model_sources(str(tmp_path / "a" / "model.safetensors")) is None  # a file, like a .gguf
+    assert niah.model_sources("HuggingFaceTB/SmolLM2-135M-Instruct") is None and niah.model_sources(None) is None
+    (tmp_path / "soup" / "longreach.json").write_text("{not json")
+    assert niah.model_sources("soup") is None and "cannot be read" in capsys.readouterr().err

@@ -1,14 +1,17 @@
 """`longreach report`: one page (Markdown + HTML + PNGs) from every result in a run folder; `longreach eval
-compare`: whether one NIAH result beats another by more than the grid's noise.
+compare`: whether one NIAH result beats another (or several others: a soup against its runs) by more than the
+grid's noise.
 
     longreach report runs/demo --out runs/demo/report
     longreach report /root/work/eval --out report --meta card="H100 80GB" --meta date=2026-11-26
     longreach eval compare runs/a/results.json docs/data/x.json:llama6 --from-length 32000
+    longreach eval compare soup/results.json run1/results.json run2/results.json --from-length 90000
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Annotated
 
 import typer
@@ -41,9 +44,10 @@ def report(
 
 @eval_app.command("compare")
 def compare(
-    a: str = typer.Argument(..., help="NIAH result A: a results.json, or FILE:NAME for one result inside a "
-                                      "summary.json / docs/data file"),
-    b: str = typer.Argument(..., help="NIAH result B, the same way"),
+    a: Annotated[str, typer.Argument(help="NIAH result A: a results.json, or FILE:NAME for one result inside a "
+                                          "summary.json / docs/data file")],
+    b: Annotated[list[str], typer.Argument(help="NIAH result B, the same way; several: A against each, then "
+                                                "their cells pooled (a soup against its runs)")],
     from_length: int = typer.Option(0, help="only cells at this context length or longer"),
     to_length: int | None = typer.Option(None, help="only cells at this context length or shorter"),
     draws: int = typer.Option(10_000, help="bootstrap draws"),
@@ -52,14 +56,32 @@ def compare(
 ) -> None:
     """Paired comparison on the cells both results share: each mean with a 95% interval, the difference A - B
     with its interval (depths redrawn within each length), and an exact sign test on the cells that differ.
-    Both cover where the needle sits, not training: compare recipes trained on the same data."""
+    Several Bs: A against each, then against their mean cell by cell, and the cells summed over them (--json: an
+    object with "pairs", "against_mean" and "summed"). Both cover where the needle sits, not training: compare
+    recipes trained on the same data. A note on stderr names test fields (needle, haystack, ...) that differ."""
     from longreach.eval import compare as cmp
 
     if draws < 100:
         raise InputError("use at least 100 draws", field="--draws")
-    (label_a, cells_a), (label_b, cells_b) = cmp.load(a), cmp.load(b)
-    result = cmp.compare(cells_a, cells_b, from_length, to_length, draws, seed)
+    label_a, result_a = cmp.load_result(a)
+    bs = [cmp.load_result(spec) for spec in b]
+    for label_b, result_b in bs:
+        differ = cmp.differing_test_fields(result_a, result_b)
+        if differ:
+            print(f"note: A and {label_b} ran different tests ({', '.join(differ)} differ): their cells are not "
+                  "the same questions", file=sys.stderr)
+    if len(bs) == 1:
+        (label_b, result_b), = bs
+        row = {"a": label_a, "b": label_b,
+               **cmp.compare(cmp.cells_of(result_a), cmp.cells_of(result_b), from_length, to_length, draws, seed)}
+        print(json.dumps(row) if as_json else cmp.to_markdown(label_a, label_b, row).rstrip("\n"))
+        return
+    r = cmp.several(cmp.cells_of(result_a), [(label, cmp.cells_of(x)) for label, x in bs], from_length, to_length,
+                    draws, seed)
     if as_json:
-        print(json.dumps({"a": label_a, "b": label_b, **result}))
-    else:
-        print(cmp.to_markdown(label_a, label_b, result), end="")
+        print(json.dumps({"a": label_a, **r}))
+        return
+    for row in r["pairs"]:
+        print(cmp.to_markdown(label_a, row["b"], row, note=False))
+    print(cmp.TRAINING_NOISE_NOTE + "\n")
+    print(cmp.several_line(r))

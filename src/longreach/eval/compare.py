@@ -17,6 +17,11 @@ makes no such assumption, so read the two together.
 A result is any JSON object with "cells" (a list of {"length", "depth", "score"} or [length, depth, score]): an
 `eval niah` results.json, or one found inside a `longreach report` summary.json or a hand-written docs/data file.
 `FILE:NAME` picks the one whose label (a summary entry's "file", or the dotted key path) is NAME, or else contains it.
+
+Several Bs (`several`: a soup against the runs it averages, say): A against each B, then against the Bs' mean
+cell by cell (one vote per cell), and the cells each side won summed over the Bs (A's cells counted once per B).
+Two results are on one grid (`same_grid`, what a report pairs) when their cells and the test they ran agree
+(TEST_FIELDS: needle, question, haystack, ... where both record them); `eval compare` only notes a difference.
 """
 
 from __future__ import annotations
@@ -55,13 +60,13 @@ def cells_of(obj: dict[str, Any]) -> Cells | None:
     return out
 
 
-def find_results(data: Any, label: str = "") -> list[tuple[str, Cells]]:
-    """Every NIAH result inside a JSON value, with a label: a summary entry's "file", else its dotted key path."""
-    found: list[tuple[str, Cells]] = []
+def find_results(data: Any, label: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Every NIAH result object inside a JSON value, with a label: a summary entry's "file", else its dotted key
+    path."""
+    found: list[tuple[str, dict[str, Any]]] = []
     if isinstance(data, dict):
-        cells = cells_of(data)
-        if cells is not None:
-            return [(str(data.get("file") or label or "result"), cells)]
+        if cells_of(data) is not None:
+            return [(str(data.get("file") or label or "result"), data)]
         for k, v in data.items():
             found += find_results(v, f"{label}.{k}" if label else str(k))
     elif isinstance(data, list):
@@ -71,8 +76,15 @@ def find_results(data: Any, label: str = "") -> list[tuple[str, Cells]]:
 
 
 def load(spec: str) -> tuple[str, Cells]:
-    """One result from `FILE` (it must hold exactly one) or `FILE:NAME` (the one labelled NAME, or else the one
-    whose label contains it)."""
+    """The label and cells of `load_result(spec)`."""
+    label, result = load_result(spec)
+    return label, cells_of(result)
+
+
+def load_result(spec: str) -> tuple[str, dict[str, Any]]:
+    """One result object from `FILE` (it must hold exactly one) or `FILE:NAME` (the one labelled NAME, or else the
+    one whose label contains it), with its label: the FILE as given for a lone results.json, else FILE's name and
+    the result's label."""
     path, name = Path(spec), None
     if not path.is_file() and ":" in spec:
         head, _, name = spec.rpartition(":")
@@ -93,7 +105,8 @@ def load(spec: str) -> tuple[str, Cells]:
         what = f"none matches {name!r}" if not picked else f"{len(picked)} match {name!r}" if name else \
             f"{len(picked)} results"
         raise InputError(f"{what}; pick one with FILE:NAME, NAME a part of one of: {labels}", path=str(path))
-    return f"{path.name}:{picked[0][0]}", picked[0][1]
+    label = picked[0][0]
+    return (spec if name is None and label == "result" else f"{path.name}:{label}"), picked[0][1]
 
 
 def _strata(keys: list[tuple[int, float]], lo: int, hi: int | None) -> dict[int, list[tuple[int, float]]]:
@@ -163,12 +176,14 @@ def mean_interval(cells: Cells, draws: int = 10_000, seed: int = 0) -> tuple[flo
 # What the intervals and the sign test do not cover, said wherever they are printed.
 TRAINING_NOISE_NOTE = ("They cover where the needle sits, not training: on one corpus, three data orders of one "
                        "recipe's 128K stage differed by at most 0.03 of mean, but another build of the corpus moved "
-                       "the same recipes by ~0.1 (SmolLM2-135M at 128K, docs/RESULTS.md sessions 11-12), so compare "
-                       "recipes trained on the same data, and more than one run each where you can.")
+                       "the same recipes by ~0.1, and one recipe run twice on the same data moved its 128K cells by "
+                       "up to 0.2 (SmolLM2-135M at 128K, docs/RESULTS.md sessions 11-12 and 22), so compare recipes "
+                       "trained on the same data, and more than one run each where you can.")
 
 
-def to_markdown(label_a: str, label_b: str, r: dict[str, Any]) -> str:
-    """The comparison as a short Markdown page: the verdict line, then one row per length."""
+def to_markdown(label_a: str, label_b: str, r: dict[str, Any], note: bool = True) -> str:
+    """The comparison as a short Markdown page: the verdict line, then one row per length (`note`: with
+    TRAINING_NOISE_NOTE)."""
     def ci(x: tuple[float, float]) -> str:
         return f"[{x[0]:.2f}, {x[1]:.2f}]"
 
@@ -176,23 +191,87 @@ def to_markdown(label_a: str, label_b: str, r: dict[str, Any]) -> str:
                f"B {r['b_mean']:.3f} {ci(r['b_ci95'])}; A - B {r['difference']:+.3f} {ci(r['difference_ci95'])} "
                f"(95%, depths redrawn within each length, {r['draws']} draws); cells A better {r['a_better']}, "
                f"B better {r['b_better']}, sign test p = {r['sign_test_p']:.3g}")
-    lines = [f"A: {label_a}", f"B: {label_b}", "", verdict, "", TRAINING_NOISE_NOTE, "",
-             "| length | cells | A | B | A better | B better |", "|---|---|---|---|---|---|"]
+    lines = [f"A: {label_a}", f"B: {label_b}", "", verdict, ""] + ([TRAINING_NOISE_NOTE, ""] if note else []) + [
+        "| length | cells | A | B | A better | B better |", "|---|---|---|---|---|---|"]
     lines += [f"| {p['length']} | {p['cells']} | {p['a']:.2f} | {p['b']:.2f} | {p['a_better']} | {p['b_better']} |"
               for p in r["per_length"]]
     return "\n".join(lines) + "\n"
 
 
-def same_grid_pairs(results: list[tuple[str, Cells]], limit: int = 6) -> list[dict[str, Any]]:
-    """Every pair among results on the same (length, depth) grid, compared (at most `limit` results per grid,
-    the first ones: 15 pairs): the rows of a report's pair table."""
-    grids: dict[frozenset, list[tuple[str, Cells]]] = {}
-    for label, cells in results:
-        grids.setdefault(frozenset(cells), []).append((label, cells))
+def several(a: Cells, bs: list[tuple[str, Cells]], from_length: int = 0, to_length: int | None = None,
+            draws: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """One A against several Bs (a soup against each of its runs, say): `compare` against each B, then two
+    readings of them together. "summed": the cells each side won, summed over the Bs, with the sign test on the
+    sums; A's cells count once per B, so its p is that of cell comparisons, not of independent cells.
+    "against_mean": A against the Bs' mean in each cell the Bs all share, one vote per cell (the stricter test)."""
     rows = []
-    for members in grids.values():
+    for label, b in bs:
+        try:
+            rows.append({"b": label, **compare(a, b, from_length, to_length, draws, seed)})
+        except InputError as e:
+            raise InputError(f"A and B {label}: {e.reason}", field=e.field) from None
+    shared = set.intersection(*(set(b) for _, b in bs))
+    mean = {k: sum(b[k] for _, b in bs) / len(bs) for k in shared}
+    wins, losses = sum(r["a_better"] for r in rows), sum(r["b_better"] for r in rows)
+    summed = {"cell_comparisons": sum(r["cells"] for r in rows), "a_better": wins, "b_better": losses,
+              "sign_test_p": sign_test(wins, losses)}
+    against = compare(a, mean, from_length, to_length, draws, seed)
+    return {"pairs": rows, "a_above_every_b": all(r["difference"] > 0 for r in rows), "summed": summed,
+            "against_mean": {k: against[k] for k in ("cells", "a_mean", "b_mean", "difference", "difference_ci95",
+                                                      "a_better", "b_better", "sign_test_p")}}
+
+
+def several_line(r: dict[str, Any]) -> str:
+    """The two readings of `several` in one sentence."""
+    s, m = r["summed"], r["against_mean"]
+    return (f"A against the {len(r['pairs'])} Bs' mean, cell by cell ({m['cells']} cells): A - mean "
+            f"{m['difference']:+.3f} [{m['difference_ci95'][0]:+.3f}, {m['difference_ci95'][1]:+.3f}], A better "
+            f"{m['a_better']}, the mean better {m['b_better']}, sign test p = {m['sign_test_p']:.3g}. Summed over the "
+            f"Bs ({s['cell_comparisons']} cell comparisons, each of A's cells once per B): A better {s['a_better']}, "
+            f"B better {s['b_better']}, sign test p = {s['sign_test_p']:.3g}. A's mean above every B's: "
+            f"{'yes' if r['a_above_every_b'] else 'no'}.")
+
+
+# The fields of an `eval niah` results.json that name the test it ran, each with the value a result written
+# before the field existed ran with (None: not known). Two results ran one test where every field both record (or
+# imply) agrees: an issue grid and a grid with another needle in another haystack share every (length, depth)
+# and nothing else. Not recorded, so not checked: logprob mode's distractor lists and digits.
+TEST_FIELDS: dict[str, Any] = {"needle": None, "question": None, "answer": None, "mode": None, "chat": None,
+                               "trials": 1, "haystack_starts": None, "haystack_sha256": None, "drop_sentences": "",
+                               "distractors_in_context": False}
+
+
+def differing_test_fields(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The TEST_FIELDS in which two results differ, among those both record or imply."""
+    out = []
+    for k, default in TEST_FIELDS.items():
+        va, vb = a.get(k, default), b.get(k, default)
+        if va is not None and vb is not None and va != vb:
+            out.append(k)
+    return out
+
+
+def same_grid(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two result objects on one grid: the same (length, depth) cells and the same test (`differing_test_fields`)."""
+    return set(cells_of(a)) == set(cells_of(b)) and not differing_test_fields(a, b)
+
+
+def same_grid_pairs(results: list[tuple[str, dict[str, Any]]], limit: int = 6
+                    ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every pair among result objects on one grid (`same_grid` with the first of its group), compared: the rows
+    of a report's pair table. At most `limit` results per grid are paired, the first ones; the labels of those
+    left out come back second, for the report to name."""
+    grids: list[list[tuple[str, dict[str, Any]]]] = []
+    for label, r in results:
+        group = next((g for g in grids if same_grid(g[0][1], r)), None)
+        if group is None:
+            grids.append(group := [])
+        group.append((label, r))
+    rows, left_out = [], []
+    for members in grids:
+        left_out += [label for label, _ in members[limit:]]
         members = members[:limit]
         for i, (la, a) in enumerate(members):
             for lb, b in members[i + 1:]:
-                rows.append({"a": la, "b": lb, **compare(a, b)})
-    return rows
+                rows.append({"a": la, "b": lb, **compare(cells_of(a), cells_of(b))})
+    return rows, left_out

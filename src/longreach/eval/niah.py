@@ -16,6 +16,9 @@ beginning (`rotate_haystack`, the starts are in results.json), so the trials are
 text around the needle and `longreach eval compare` gets narrower intervals. Without it, only a "{key}" needle
 varies between trials.
 
+results.json also names the test (needle, question, answer, mode, trials, the haystack's sha256, ...: what a report
+checks before it pairs two grids) and, for a `longreach average` model, the runs it averages (`model_sources`).
+
 Scoring (written down because the acceptance numbers depend on it):
 - generate: greedy answer. A digits answer (a pass key) scores 1 if the first run of digits in the output
   equals it, else 0. A text answer scores the fraction of its key words (lower-cased words minus a short
@@ -46,6 +49,7 @@ asks the same keys).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -232,6 +236,21 @@ def drop_sentences(text: str, pattern: str) -> tuple[str, int]:
         dropped += 1
     kept.append(text[at:])
     return "".join(kept), dropped
+
+
+def model_sources(model: str | None) -> list[str] | None:
+    """The runs a model averages (`longreach average` records them in its longreach.json), else None (a .gguf
+    file, a hub id, a served model's name, a record that cannot be read: that one with a note): a report pairs a
+    soup's grid with its runs' grids by these paths. With --base-url, `model` is where the tokenizer comes from."""
+    from longreach.model.load import read_record
+
+    try:
+        record = read_record(model) if model else {}
+    except (OSError, ValueError) as e:
+        print(f"note: {model}: its longreach.json cannot be read ({e}); model_sources left out", file=sys.stderr)
+        return None
+    sources = record.get("sources") if isinstance(record, dict) and record.get("stage") == "average" else None
+    return [str(x) for x in sources] if isinstance(sources, list) else None
 
 
 def haystack_start(text: str, seed: int, trial: int) -> int:
@@ -465,8 +484,10 @@ def run(cfg: NiahConfig, backend: Any = None) -> dict[str, Any]:
         pass
     resolved = NiahConfig(**{**config_io.to_dict(cfg), "chat": chat})
     _check_resume(resolved, out)
+    sources = model_sources(cfg.model)  # before the grid: a bad record is a note now, not an error after it
     config_io.dump(resolved, out / "config.yaml")
     text = read_haystack(cfg.haystack)
+    haystack_sha256 = hashlib.sha256(text.encode()).hexdigest()  # names the haystack wherever its file lies
     dropped = 0
     if cfg.drop_sentences:
         text, dropped = drop_sentences(text, cfg.drop_sentences)
@@ -511,7 +532,8 @@ def run(cfg: NiahConfig, backend: Any = None) -> dict[str, Any]:
             cells.append({"length": int(length), "depth": float(depth), "score": sum(got) / len(got)})
     results = {"model": cfg.model, "cells": cells, "mean": sum(c["score"] for c in cells) / len(cells),
                "mode": cfg.mode, "chat": chat, "trials": cfg.trials, "haystack_starts": starts,
-               "needle": cfg.needle, "drop_sentences": cfg.drop_sentences, "sentences_dropped": dropped,
+               "needle": cfg.needle, "haystack_sha256": haystack_sha256, "drop_sentences": cfg.drop_sentences,
+               "sentences_dropped": dropped, "model_sources": sources,
                "distractors_in_context": cfg.mode == "logprob" and cfg.distractors_in_context,
                "question": cfg.question, "answer": cfg.answer, "seconds": round(time.time() - start, 1)}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -8,21 +8,33 @@ as `longreach eval score` prints them; a .json file may hold one such object or 
 line), training logs (a metrics.jsonl of `longreach train` / `sft`, under any name: every line has "step",
 "loss" and "step_time_s"), and attention probes (`eval attention`'s results.json). Benchmark rows sit beside the
 paper's numbers (RECIPE.md section 1), and suite averages are shown once every task of a suite is present.
-Figures are redrawn from the data, so a missing PNG does not matter. The same numbers go to summary.json (NIAH
-cells and means per length, perplexity per bucket, training summaries, probe summaries, scores), with `--meta
-KEY=VALUE` pairs (card, date, command) at its top: the file docs/data/ keeps.
+Figures are redrawn from the data, so a missing PNG does not matter. NIAH results on one grid (the same cells and
+test: `compare.same_grid`) are compared two by two, and each averaged model's result (its `model_sources`) with
+its runs' results. The same numbers go to summary.json (NIAH cells, test fields and means per length, the pairs and
+soups, perplexity per bucket, training summaries, probe summaries, scores), with `--meta KEY=VALUE` pairs (card,
+date, command) at its top: the file docs/data/ keeps.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import os
 import statistics
 from pathlib import Path
 from typing import Any
 
 from longreach.errors import InputError
-from longreach.eval.compare import TRAINING_NOISE_NOTE, cells_of, mean_interval, same_grid_pairs
+from longreach.eval.compare import (
+    TEST_FIELDS,
+    TRAINING_NOISE_NOTE,
+    cells_of,
+    mean_interval,
+    same_grid,
+    same_grid_pairs,
+    several,
+    several_line,
+)
 from longreach.eval.niah import per_length
 from longreach.eval.plots import niah_heatmap, ppl_curves, probe_lines, ratio_lines, short_tokens
 
@@ -96,9 +108,39 @@ def control_ratios(ppl: list[tuple[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def niah_pairs(found: dict[str, list[tuple[str, Any]]]) -> list[dict[str, Any]]:
-    """`eval compare` of every two NIAH results on the same grid (the variants of one chain, say)."""
-    return same_grid_pairs([(rel, cells_of(r)) for rel, r in found["niah"]])
+def niah_pairs(found: dict[str, list[tuple[str, Any]]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """`eval compare` of every two NIAH results on one grid (the variants of one chain, say), and the results
+    left out of the pairs (a grid with more than six)."""
+    return same_grid_pairs(found["niah"])
+
+
+def _path(model: Any) -> str:
+    """A model path as written, made absolute and normalised (relative ones against the current folder)."""
+    return os.path.normpath(os.path.abspath(str(model)))
+
+
+def _compared(p: dict[str, Any]) -> list[str]:
+    """The table cells of one `compare` row: both means, A - B with its interval, the cells each won, the sign test."""
+    lo, hi = p["difference_ci95"]
+    return [_fmt(p["a_mean"]), _fmt(p["b_mean"]), f"{p['difference']:+.2f} [{lo:+.2f}, {hi:+.2f}]",
+            f"{p['a_better']} / {p['b_better']}", f"{p['sign_test_p']:.3g}"]
+
+
+def niah_soups(found: dict[str, list[tuple[str, Any]]]) -> list[dict[str, Any]]:
+    """Each averaged model's grid (results.json's model_sources) against the grids of the runs it averages, on
+    the same grid (`same_grid`), the first such grid of each run: `several`, the soup as A."""
+    out = []
+    for rel, r in found["niah"]:
+        runs = []
+        for source in r.get("model_sources") or []:
+            run = next(((irel, i) for irel, i in found["niah"] if i is not r and i.get("model") is not None
+                        and _path(i["model"]) == _path(source) and same_grid(i, r)), None)
+            if run is not None:
+                runs.append(run)
+        if runs:
+            out.append({"soup": rel, "model": r.get("model"), "sources": len(r["model_sources"]),
+                        **several(cells_of(r), [(irel, cells_of(i)) for irel, i in runs])})
+    return out
 
 
 def collect(run_dir: Path, skip: Path | None = None) -> dict[str, list[tuple[str, Any]]]:
@@ -179,12 +221,21 @@ def blocks(run_dir: Path, out: Path, found: dict[str, list[tuple[str, Any]]] | N
         if pairs:
             page += [("h3", "Pairs on the same grid (longreach eval compare)"),
                      ("p", ("A - B with its 95% interval (depths redrawn within each length) and an exact sign test "
-                            "on the cells that differ; mode and scoring are not checked: compare like with like. "
+                            "on the cells that differ, for results of one test (the same cells, and the same needle, "
+                            "question, mode and haystack where both record them). "
                             + TRAINING_NOISE_NOTE)),
                      ("table", ["A", "B", "mean A", "mean B", "A - B [95%]", "cells A / B better", "sign test p"],
-                      [[p["a"], p["b"], _fmt(p["a_mean"]), _fmt(p["b_mean"]),
-                        f"{p['difference']:+.2f} [{p['difference_ci95'][0]:+.2f}, {p['difference_ci95'][1]:+.2f}]",
-                        f"{p['a_better']} / {p['b_better']}", f"{p['sign_test_p']:.3g}"] for p in pairs])]
+                      [[p["a"], p["b"]] + _compared(p) for p in pairs])]
+            if numbers["niah_pairs_left_out"]:
+                page.append(("p", "Not paired (more than six results on one grid; `longreach eval compare` pairs "
+                                  "them): " + ", ".join(numbers["niah_pairs_left_out"]) + "."))
+        for soup in numbers["niah_soups"]:
+            page += [("h3", f"Soup against its runs: {soup['soup']}"),
+                     ("p", (f"{soup['model']} averages {soup['sources']} runs; {len(soup['pairs'])} of their grids are "
+                            "here, on the same grid. With A the soup and the Bs its runs: " + several_line(soup))),
+                     ("table", ["run", "mean soup", "mean run", "soup - run [95%]", "cells soup / run better",
+                                "sign test p"],
+                      [[p["b"]] + _compared(p) for p in soup["pairs"]])]
     if found["ppl"]:
         page.append(("h2", "Perplexity by position"))
         for rel, r in found["ppl"]:
@@ -291,7 +342,8 @@ def to_html(page: list[Block]) -> str:
 def summary(found: dict[str, list[tuple[str, Any]]], meta: dict[str, str] | None = None) -> dict[str, Any]:
     """The numbers of the page as one JSON object: NIAH means per length and the cells, perplexity overall and
     per position bucket, training summaries, benchmark scores."""
-    niah = [{"file": rel, "model": r.get("model"), "mode": r.get("mode"), "mean": r["mean"],
+    niah = [{"file": rel, "model": r.get("model"), **{k: r[k] for k in TEST_FIELDS if k in r},
+             "model_sources": r.get("model_sources"), "mode": r.get("mode"), "mean": r["mean"],
              "mean_ci95": mean_interval(cells_of(r)),
              "per_length": {str(n): v for n, v in per_length(r).items()}, "seconds": r.get("seconds"),
              "cells": [[c["length"], c["depth"], c["score"]] for c in r["cells"]]}
@@ -300,7 +352,9 @@ def summary(found: dict[str, list[tuple[str, Any]]], meta: dict[str, str] | None
             "models": [{"model": m["model"], "path": m.get("path"), "ppl": m["ppl"],
                         "buckets": [[b["start"], b["end"], b["ppl"]] for b in m["curve"]]} for m in r["models"]]}
            for rel, r in found["ppl"]]
-    return {"meta": dict(meta or {}), "niah": niah, "niah_pairs": niah_pairs(found), "ppl": ppl,
+    pairs, left_out = niah_pairs(found)
+    return {"meta": dict(meta or {}), "niah": niah, "niah_pairs": pairs, "niah_pairs_left_out": left_out,
+            "niah_soups": niah_soups(found), "ppl": ppl,
             "ppl_ratios": control_ratios(found["ppl"]),
             "train": [{"file": rel, **t} for rel, t in found["train"]],
             "probe": [{"file": rel, "model": r.get("model"), "retrieval_heads": r["retrieval_heads"],

@@ -13,13 +13,15 @@ time, so memory holds two models, the first one's float tensors in float32 and t
 
 The summary's `spread` is each model's distance from the average, relative to the average's norm
 (sqrt(sum_i w_i |t_i - avg|^2) / |avg| over the float tensors, a tied one once): near 0 when the runs barely moved
-apart, and a large spread warns that averaging may land off both runs' paths. longreach.json records the sources,
+apart, and a large spread warns that averaging may land off both runs' paths. longreach.json records the sources
+(absolute paths: `eval niah` copies them into its results.json, and a report pairs the soup with its runs by them),
 weights, spread and the sources' own longreach.json.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +133,9 @@ def average_models(models: list[str | Path], out_dir: str | Path, weights: list[
     with torch.no_grad():  # into the model's own tensors (a tied one is shared by its names)
         for name, t in avg.items():
             own[name].copy_(t)
-    record = {"stage": "average", "sources": paths, "weights": w, "spread": spread,
+    sources = [os.path.normpath(os.path.abspath(x)) for x in paths]  # absolute: a report matches them to the runs'
+    # NIAH results from any folder
+    record = {"stage": "average", "sources": sources, "weights": w, "spread": spread,
               "dtype": str(first.dtype).removeprefix("torch."), "tokenizer_hash": ref_hash, "parents": parents}
     save_model(first, tok, out_dir, extra=record)
     return {**{k: v for k, v in record.items() if k != "parents"}, "out": str(out_dir),

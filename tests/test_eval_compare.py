@@ -153,6 +153,8 @@ def test_a_against_several_results(tmp_path):
     assert not several(a, [("b1", b1), ("a", a)], draws=200)["a_above_every_b"]
     with pytest.raises(InputError, match="A and B far: .*share no"):
         several(a, [("b1", b1), ("far", {(64000, 0.0): 1.0})], draws=200)
+    with pytest.raises(InputError, match="the Bs share no"):
+        several(a, [("b1", {(1000, 0.0): 1.0}), ("b2", {(1000, 10.0): 1.0})], draws=200)
     paths = []
     for name, cells in {"a": a, "b1": b1, "b2": b2}.items():
         paths.append(tmp_path / name / "results.json")

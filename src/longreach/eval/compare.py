@@ -211,6 +211,8 @@ def several(a: Cells, bs: list[tuple[str, Cells]], from_length: int = 0, to_leng
         except InputError as e:
             raise InputError(f"A and B {label}: {e.reason}", field=e.field) from None
     shared = set.intersection(*(set(b) for _, b in bs))
+    if not shared:
+        raise InputError("the Bs share no (length, depth) cell, so they have no mean to compare A with")
     mean = {k: sum(b[k] for _, b in bs) / len(bs) for k in shared}
     wins, losses = sum(r["a_better"] for r in rows), sum(r["b_better"] for r in rows)
     summed = {"cell_comparisons": sum(r["cells"] for r in rows), "a_better": wins, "b_better": losses,

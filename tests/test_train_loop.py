@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from conftest import write_pattern_shards, write_tiny_llama
 from longreach import config as config_io
-from longreach.errors import RunStopped, TrainingDiverged
+from longreach.errors import InputError, RunStopped, TrainingDiverged
 from longreach.train import checkpoint
 from longreach.train.config import TrainConfig
 from longreach.train.loop import train
@@ -339,3 +339,30 @@ def test_the_first_step_of_a_process_is_exempt_from_stall_exit_s(tiny_model, pat
     done = _hanging_run(cfg, tmp_path, 1, sleep_s=8)  # compiling, say
     assert done.returncode == 0 and "still running" not in done.stderr, done.stderr[-3000:]
     assert len(_losses(tmp_path / "run")) == 2
+
+
+def test_deterministic_trains_under_torchs_deterministic_algorithms(tiny_model, pattern_shards, tmp_path,
+                                                                     monkeypatch):
+    """`deterministic: true` runs each step with torch's (and cuDNN's) deterministic algorithms on, keeps a
+    CUBLAS_WORKSPACE_CONFIG already set, and gives the process its settings back after the run; on CPU it changes no
+    loss. With FA4's kernels it is refused before anything loads."""
+    from longreach.train import loop
+
+    seen = []
+    real = loop.forward_backward
+
+    def spy(*args, **kwargs):
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "forward_backward", spy)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    train(_cfg(tiny_model, pattern_shards, tmp_path / "det", max_steps=3, deterministic=True))
+    assert seen == [(True, True)] * 3 and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+    seen.clear()
+    train(_cfg(tiny_model, pattern_shards, tmp_path / "plain", max_steps=3))
+    assert seen == [(False, False)] * 3 and _losses(tmp_path / "det") == _losses(tmp_path / "plain")
+    with pytest.raises(InputError, match="deterministic"):
+        train(_cfg(tiny_model, pattern_shards, tmp_path / "fa4", attn="longreach_fa4", deterministic=True))
+    assert not (tmp_path / "fa4").exists()

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 import traceback
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -342,10 +342,38 @@ def train_to_end(cfg: TrainConfig) -> dict[str, Any]:
     return summary
 
 
+@contextmanager
+def deterministic_mode(on: bool):
+    """With `on`, torch's deterministic algorithms (and cuDNN's) for the block, the previous settings restored
+    after it (tests train in one process). cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it starts: set here if unset,
+    it holds for a process whose first GPU matmul is in the block, as a training command's is."""
+    if not on:
+        yield
+        return
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) a training run; returns a summary with the final loss and the last checkpoint."""
     if not cfg.model or not cfg.data:
         raise InputError("both `model` and `data` must be set", field="model" if not cfg.model else "data")
+    if cfg.deterministic and cfg.attn == attention.FA4_NAME:
+        raise InputError(f"attn {attention.FA4_NAME}'s backward is not run in a deterministic mode here: use sdpa "
+                         "with deterministic: true", field="deterministic")
+    with deterministic_mode(cfg.deterministic):
+        return _train(cfg)
+
+
+def _train(cfg: TrainConfig) -> dict[str, Any]:
     d = parallel.setup(cfg.context_parallel)
     out = Path(cfg.out)
     if d.main:

@@ -82,6 +82,8 @@ NGPU=${NGPU:-1}
 SFT_STOP=${SFT_STOP:-0}
 SFT_HALF=${SFT_HALF:-0}  # > 0: an interim NIAH of the first checkpoint at or after this step, beside the SFT
 SFT_SAVE=${SFT_SAVE:-27}
+SFT_TRAIN_SET=${SFT_TRAIN_SET:-}  # more `--set` for every 128K SFT, e.g. "--set train.deterministic=true" (with
+# "--set deterministic=true" in a CPT128_VARIANTS entry: that variant's 128K stage and SFT deterministic)
 SFT_DEADLINE_S=${SFT_DEADLINE_S:-0}
 EVAL_CPT=${EVAL_CPT:-0}
 CPT_PPL=${CPT_PPL:-1}  # 0: no perplexity (nor probe) of the 128K continued-pretraining models beside the SFT
@@ -189,7 +191,7 @@ sft_run() {  # CONFIG STEPS GPU SUFFIX [GPU2]: one 128K SFT (started once its da
     fi
     sleep 5
   done
-  local set="--set train.grad_accum=1 --set train.save_every=$SFT_SAVE"
+  local set="--set train.grad_accum=1 --set train.save_every=$SFT_SAVE $SFT_TRAIN_SET"
   [ -z "$steps" ] || set+=" --set stages.sft3.train.max_steps=$steps"
   SFT_CONFIG=$C SFT_DATA=$W/data-$dn SFT_FROM=$CPT128 SFT=$W/$T SFT_NAME=$T SFT_SET="$set" \
     OUT=$O/gpu-$T bash $P sft3 > "$O/gpu-$T.txt" 2>&1 &

@@ -47,7 +47,8 @@ def compare(
     a: Annotated[str, typer.Argument(help="NIAH result A: a results.json, or FILE:NAME for one result inside a "
                                           "summary.json / docs/data file")],
     b: Annotated[list[str], typer.Argument(help="NIAH result B, the same way; several: A against each, then "
-                                                "their cells pooled (a soup against its runs)")],
+                                                "against their mean and their cells summed (a soup against its "
+                                                "runs)")],
     from_length: int = typer.Option(0, help="only cells at this context length or longer"),
     to_length: int | None = typer.Option(None, help="only cells at this context length or shorter"),
     draws: int = typer.Option(10_000, help="bootstrap draws"),

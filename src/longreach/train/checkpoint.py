@@ -25,7 +25,6 @@ import torch
 from longreach.model.load import RECORD, read_record
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
-META = RECORD
 
 
 def step_dir(run_dir: str | Path, step: int) -> Path:
@@ -37,7 +36,7 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if STEP_DIR.match(p.name) and (p / META).is_file()]
+    found = [p for p in root.iterdir() if STEP_DIR.match(p.name) and (p / RECORD).is_file()]
     return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
 
 
@@ -78,7 +77,7 @@ def save(run_dir: str | Path, step: int, model_state: dict[str, torch.Tensor], m
         tokenizer.save_pretrained(tmp)
     torch.save(trainer_state, tmp / "trainer_state.pt")
     meta = {**meta, "step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    (tmp / META).write_text(json.dumps(meta, indent=2, default=str))
+    (tmp / RECORD).write_text(json.dumps(meta, indent=2, default=str))
     _fsync_dir(tmp)
     if final.exists():  # a re-run of the same step replaces it, still without a moment of no checkpoint
         old = final.parent / f".old-{final.name}-{os.getpid()}"

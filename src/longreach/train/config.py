@@ -35,8 +35,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile each decoder layer
     deterministic: bool = False  # torch's deterministic algorithms for the run (SDPA's flash backward in its
     # deterministic mode, cuDNN attention left out, cuBLAS on a fixed workspace): on a GPU the same command then
-    # aims to repeat its losses, where by default the backward's unordered sums move them in the 4th digit and
-    # a SmolLM2 128K run's NIAH grid by up to 0.2 at 128K (docs/RESULTS.md session 22); slower, not measured yet
+    # aims to repeat its losses; by default a re-run's losses moved in the 4th digit and a SmolLM2 128K run's NIAH
+    # grid by up to 0.2 at 128K, most likely by the backward's unordered sums (docs/RESULTS.md session 22); its
+    # cost and effect on a GPU are not measured yet
     save_every: int = 100  # checkpoint every N steps (and always at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept; older ones deleted after a newer one is complete
     log_every: int = 1  # steps between metric lines

@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from longreach.data.shards import PackedShards, ShardWriter, epoch_order, token_dtype
+from longreach.data.shards import PackedShards, ShardWriter, epoch_order, finish_order, token_dtype
 from longreach.errors import InputError
 
 
@@ -118,3 +118,21 @@ def test_epoch_order_is_a_fixed_permutation():
     np.testing.assert_array_equal(a, epoch_order(100, seed=3, epoch=0))
     assert not np.array_equal(a, epoch_order(100, seed=3, epoch=1))
     assert not np.array_equal(a, epoch_order(100, seed=4, epoch=0))
+
+
+def test_finish_order_moves_the_lowest_or_highest_keys_to_the_end_of_the_visited_part():
+    order = np.array([7, 3, 9, 0, 5, 2, 8])  # the run visits the first 5; 2 and 8 stay where they are
+    key = np.array([0.5, 0.0, 0.9, 0.0, 0.2])
+    # the two lowest keys (sequences 3 and 0, a tie kept in order) go last; the others keep their order
+    assert finish_order(order, 5, 2, key, "low").tolist() == [7, 9, 5, 3, 0, 2, 8]
+    assert finish_order(order, 5, 2, key, "high").tolist() == [3, 0, 5, 7, 9, 2, 8]
+    assert finish_order(order, 5, 0, key, "low").tolist() == order.tolist()
+    assert finish_order(order, 5, 2, np.zeros(5), "low").tolist() == order.tolist()  # equal keys move nothing
+    ties = np.array([0.0, 0.0, 0.9, 0.0, 0.2])  # three lowest tied: the later two (sequences 3 and 0) go
+    assert finish_order(order, 5, 2, ties, "low").tolist() == [7, 9, 5, 3, 0, 2, 8]
+    with pytest.raises(ValueError, match="visited"):
+        finish_order(order, 8, 2, key, "low")
+    with pytest.raises(ValueError, match="count"):
+        finish_order(order, 5, 6, key, "low")
+    with pytest.raises(ValueError, match="last"):
+        finish_order(order, 5, 2, key, "middle")

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -366,3 +367,99 @@ def test_deterministic_trains_under_torchs_deterministic_algorithms(tiny_model, 
     with pytest.raises(InputError, match="deterministic"):
         train(_cfg(tiny_model, pattern_shards, tmp_path / "fa4", attn="longreach_fa4", deterministic=True))
     assert not (tmp_path / "fa4").exists()
+
+
+def _shards_of_mixed_documents(path: Path, n_seq: int = 12, seq_len: int = 32) -> tuple[Path, list[float]]:
+    """Pattern sequences whose documents differ: every third one a single document, the others cut in 4 or 8
+    token pieces; returns the folder and each sequence's share of tokens in stretches of >= 16 tokens."""
+    from longreach.data.shards import ShardWriter
+
+    rng = np.random.default_rng(5)
+    share = []
+    with ShardWriter(path, seq_len=seq_len, vocab_size=64) as w:
+        for i in range(n_seq):
+            toks = (rng.integers(0, 64) + rng.integers(1, 4) * np.arange(seq_len)) % 64
+            cut = {0: [], 1: list(range(0, seq_len, 4)), 2: [0, 8, 16]}[i % 3]  # 2: pieces of 8, then 16
+            w.add(toks, doc_starts=np.array(cut, dtype=np.int64))
+            share.append({0: 1.0, 1: 0.0, 2: 0.5}[i % 3])
+        w.close({"source": "test-mixed-documents"})
+    return path, share
+
+
+def _rows_read(batches, steps: int, micro_batch: int, shards) -> list[int]:
+    """The sequences the run's steps read, by matching their tokens to the shards' rows."""
+    rows = {tuple(shards[i]["input_ids"].tolist()): i for i in range(len(shards))}
+    out = []
+    for _ in range(steps):
+        for mb in batches.next_step(micro_batch, 1, doc_mask=False):
+            out += [rows[tuple(r.tolist())] for r in mb["input_ids"]]
+    return out
+
+
+def test_finish_on_puts_the_chosen_sequences_last_among_the_same_ones(tmp_path):
+    from longreach.data.shards import epoch_order
+    from longreach.train import parallel
+    from longreach.train.loop import Batches
+
+    data, share = _shards_of_mixed_documents(tmp_path / "mixed")
+    d = parallel.setup(1)
+    plain = Batches(str(data), 3, d, visited=8)
+    random = _rows_read(plain, 4, 2, plain.shards)
+    assert random == epoch_order(12, 3, 0)[:8].tolist()
+    for on, pick in (("short_docs", min), ("long_docs", max)):
+        b = Batches(str(data), 3, d, finish_on=on, finish_sequences=3, long_doc_tokens=16, visited=8)
+        read = _rows_read(b, 4, 2, b.shards)
+        assert sorted(read) == sorted(random) and read != random  # the same sequences, another order
+        last, first = read[-3:], read[:-3]
+        # last: three with the least (short_docs) / most (long_docs) long-document share; both groups in order
+        sign = 1 if pick is min else -1
+        assert all(sign * share[i] <= sign * share[j] for i in last for j in first)
+        assert first == [i for i in random if i not in last] and last == [i for i in random if i in last]
+        # the unvisited rest of the first epoch, then the next epoch: as without finish_on
+        assert _rows_read(b, 4, 2, b.shards) == [*epoch_order(12, 3, 0)[8:], *epoch_order(12, 3, 1)[:4]]
+    # a checkpoint's order: resumed with more steps, the first epoch keeps the order it began (8 visited)
+    b = Batches(str(data), 3, d, finish_on="short_docs", finish_sequences=3, long_doc_tokens=16, visited=8)
+    began = _rows_read(b, 6, 2, b.shards)
+    more = Batches(str(data), 3, d, finish_on="short_docs", finish_sequences=3, long_doc_tokens=16, visited=12)
+    more.position = 4
+    more.resume_order(b.order_spec(), 4)
+    assert _rows_read(more, 4, 2, more.shards) == began[4:]
+    # another finish_on, or one a checkpoint from before it lacks, inside the first epoch: refused by field
+    for saved, kw, field in ((b.order_spec(), {"finish_sequences": 2}, "finish_sequences"),
+                             (None, {"finish_sequences": 3}, "finish_on"),
+                             (b.order_spec(), {"finish_sequences": 3, "long_doc_tokens": 8}, "long_doc_tokens")):
+        other = Batches(str(data), 3, d, finish_on="short_docs", visited=8, **{"long_doc_tokens": 16, **kw})
+        with pytest.raises(InputError) as e:
+            other.resume_order(saved, 4)
+        assert e.value.field == field
+        other.resume_order(saved, 12)  # the first epoch is over: its order no longer matters
+
+
+def test_finish_on_resumes_to_the_same_losses_and_bad_values_name_their_field(tiny_model, tmp_path):
+    data, _ = _shards_of_mixed_documents(tmp_path / "mixed")
+    kw = {"finish_on": "short_docs", "finish_sequences": 4, "long_doc_tokens": 16, "save_every": 3}
+    train(_cfg(tiny_model, data, tmp_path / "full", **kw))
+    random = train(_cfg(tiny_model, data, tmp_path / "random", save_every=3))
+    assert _losses(tmp_path / "full") != pytest.approx(_losses(tmp_path / "random"), abs=1e-6)
+    assert random["step"] == 6
+    # resume from step 3 of the same run: the order is recomputed, the losses repeat
+    import shutil
+    shutil.copytree(tmp_path / "full", tmp_path / "split")
+    shutil.rmtree(checkpoint.latest(tmp_path / "split"))
+    assert checkpoint.latest(tmp_path / "split").name.endswith("3")
+    with pytest.raises(InputError) as e:  # resumed with another count inside the first epoch: refused
+        train(_cfg(tiny_model, data, tmp_path / "split", **{**kw, "finish_sequences": 6}))
+    assert e.value.field == "finish_sequences"
+    train(_cfg(tiny_model, data, tmp_path / "split", **kw))
+    assert _losses(tmp_path / "split") == pytest.approx(_losses(tmp_path / "full"), abs=1e-6)
+    long = {"finish_on": "long_docs", "finish_sequences": 2}
+    for i, (bad, field) in enumerate((({"finish_on": "shortest"}, "finish_on"),
+                                      ({"finish_on": "long_docs"}, "finish_sequences"),
+                                      ({"finish_sequences": 2}, "finish_sequences"),
+                                      ({"finish_sequences": -1}, "finish_sequences"),
+                                      ({**long, "finish_sequences": 13}, "finish_sequences"),
+                                      ({**long, "long_doc_tokens": 0}, "long_doc_tokens"),
+                                      ({**long, "long_doc_tokens": 33}, "long_doc_tokens"))):
+        with pytest.raises(InputError) as e:
+            train(_cfg(tiny_model, data, tmp_path / f"bad{i}", **bad))
+        assert e.value.field == field, bad

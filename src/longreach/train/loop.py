@@ -162,12 +162,15 @@ class Batches:
         self.position = 0
         self.finish_on, self.finish_sequences, self.long_doc_tokens = finish_on, finish_sequences, long_doc_tokens
         self.visited = min(visited, self.n)
-        if finish_sequences > self.visited:
-            raise InputError(f"{finish_sequences} is more than the {self.visited} sequences the run visits in its "
-                             "first epoch", field="finish_sequences")
         if finish_on and long_doc_tokens > self.shards.seq_len:
             raise InputError(f"{long_doc_tokens} is longer than the shards' sequences ({self.shards.seq_len} "
                              "tokens): no sequence could hold a long document", field="long_doc_tokens")
+
+    def check_visited(self) -> None:
+        """finish_sequences against the sequences a new run visits in its first epoch."""
+        if self.finish_sequences > self.visited:
+            raise InputError(f"{self.finish_sequences} is more than the {self.visited} sequences the run visits in "
+                             "its first epoch", field="finish_sequences")
 
     def order_spec(self) -> dict[str, Any]:
         """What the first epoch's order depends on beyond the seed (kept in each checkpoint)."""
@@ -189,6 +192,9 @@ class Batches:
                                  f"{getattr(self, field)!r} would change its order at sequence {position} of "
                                  f"{self.n} (resume with the same value, or start a new run)", field=field)
         self.visited = saved.get("visited", self.visited)
+        if self.visited > self.n:
+            raise InputError(f"the run's order was made for {self.visited} sequences; these shards hold {self.n}",
+                             field="data")
 
     def _index(self, k: int) -> int:
         epoch = k // self.n
@@ -444,16 +450,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 def _train(cfg: TrainConfig) -> dict[str, Any]:
     d = parallel.setup(cfg.context_parallel)
     out = Path(cfg.out)
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        config_io.dump(cfg, out / "config.yaml")
-        checkpoint.clean_partial(out)
+    resume_from = checkpoint.latest(out) if cfg.resume else None
 
-    # --- data
+    # --- data, checked before the run folder is written
     batches = Batches(cfg.data, cfg.seed, d, dense_doc_mask=cfg.attn != attention.FLEX_NAME,
                       finish_on=cfg.finish_on, finish_sequences=cfg.finish_sequences,
                       long_doc_tokens=cfg.long_doc_tokens,
                       visited=cfg.max_steps * cfg.micro_batch * cfg.grad_accum * d.dp)
+    if resume_from is None:
+        batches.check_visited()  # a resumed run keeps the number its order was made for (resume_order)
     seq_len = batches.shards.seq_len
     parallel.check_seq_len(seq_len, d.cp)
     if cfg.doc_mask and d.cp > 1:
@@ -461,9 +466,11 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.attn == attention.FA4_NAME and (d.cp > 1 or cfg.doc_mask):
         raise InputError(f"attn {attention.FA4_NAME} runs plain causal attention on one sequence: not with "
                          "context_parallel > 1 (that path has its own attention) nor doc_mask", field="attn")
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.clean_partial(out)
 
     # --- model, optimizer; resume
-    resume_from = checkpoint.latest(out) if cfg.resume else None
     attention.register()  # makes "longreach_flex" and "longreach_fa4" valid attn values
     attention.prepare(cfg.attn)
     lm, tok = load_start(str(resume_from or cfg.model), cfg.attn, cfg.seed)
@@ -490,6 +497,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         if d.main:
             print(f"resuming from {resume_from} (step {step})", file=sys.stderr)
             _metrics_restart(out / "metrics.jsonl", step)
+    if d.main:
+        config_io.dump(cfg, out / "config.yaml")  # after a resume's checks: a refused one leaves the run's own
     autocast = _precision(cfg, d.device)
     lineage = list(start_meta.get("lineage", [])) if resume_from is None else start_meta.get("lineage", [])
     if resume_from is None:

@@ -37,11 +37,8 @@ class TrainConfig:
     doc_mask: bool = False  # attention isolated per packed document (positions restart); off as in ChatQA 2
     context_parallel: int = 1  # ranks that split one sequence (torch context parallel); 1 = off
     compile: bool = False  # torch.compile each decoder layer
-    deterministic: bool = False  # torch's deterministic algorithms for the run (SDPA's flash backward in its
-    # deterministic mode, cuDNN attention left out, cuBLAS on a fixed workspace): on a GPU the same command then
-    # aims to repeat its losses; by default a re-run's losses moved in the 4th digit and a SmolLM2 128K run's NIAH
-    # grid by up to 0.2 at 128K, most likely by the backward's unordered sums (docs/RESULTS.md session 22); its
-    # cost and effect on a GPU are not measured yet
+    deterministic: bool = False  # torch's deterministic algorithms (train/loop.py deterministic_mode), so a re-run
+    # aims to repeat its losses; cost and effect on a GPU not measured yet (why: docs/RESULTS.md session 22)
     save_every: int = 100  # checkpoint every N steps (and always at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept; older ones deleted after a newer one is complete
     log_every: int = 1  # steps between metric lines

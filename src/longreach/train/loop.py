@@ -174,8 +174,7 @@ class Batches:
 
     def order_spec(self) -> dict[str, Any]:
         """What the first epoch's order depends on beyond the seed (kept in each checkpoint)."""
-        return {"finish_on": self.finish_on, "finish_sequences": self.finish_sequences,
-                "long_doc_tokens": self.long_doc_tokens, "visited": self.visited}
+        return {**{field: getattr(self, field) for field in ORDER_FIELDS}, "visited": self.visited}
 
     def resume_order(self, saved: dict[str, Any] | None, position: int) -> None:
         """Continue the order a checkpoint began (saved: its order_spec; None from before finish_on, a random

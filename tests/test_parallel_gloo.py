@@ -153,8 +153,11 @@ def test_fsdp2_and_context_parallel_match_one_process(tmp_path):
         assert [m["tokens"] for m in m_par] == [m["tokens"] for m in m_one]
         w_par = load_file(checkpoint.latest(tmp_path / par) / "model.safetensors")
         w_one = load_file(checkpoint.latest(tmp_path / one) / "model.safetensors")
+        # AdamW divides by the root of the squared gradients: where a gradient is near 0, the last-digit
+        # differences of a parallel reduction move a weight by up to ~1e-5 after 2 steps at lr 3e-3 (seen:
+        # 1.1e-5, one element, with transformers 5.24), so 1e-4 here: two orders under one step's update.
         for name, w in w_one.items():
-            assert torch.allclose(w_par[name], w, atol=1e-5), f"{par}: {name}"
+            assert torch.allclose(w_par[name], w, atol=1e-4), f"{par}: {name}"
 
 
 def test_sequence_length_must_divide_by_twice_the_context_parallel_degree():

@@ -34,6 +34,10 @@ class TrainConfig:
     offload_activations: bool = False  # keep checkpointed layer inputs in pinned CPU memory (one GPU, longest runs)
     loss_impl: str = "chunked"  # chunked (ours) or liger (fused linear + cross-entropy, needs liger-kernel)
     loss_chunk_tokens: int = 4096  # tokens per chunk of the output projection + cross-entropy
+    loss_weighting: str = ""  # "" (plain mean) | longce: weigh tokens the far context helps (train/longce.py)
+    longce_window: int = 4096  # LongCE's short view: at least this many tokens before each target
+    longce_stride: int = 1024  # targets scored per short window (of window + stride tokens, without gradient)
+    longce_gamma: float = 5.0  # the cap on a token's weight (the paper's code: 5)
     doc_mask: bool = False  # attention isolated per packed document (positions restart); off as in ChatQA 2
     context_parallel: int = 1  # ranks that split one sequence (torch context parallel); 1 = off
     compile: bool = False  # torch.compile each decoder layer

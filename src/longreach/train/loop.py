@@ -37,9 +37,9 @@ import torch
 from longreach import config as config_io
 from longreach.errors import InputError, RunStopped, TrainingDiverged
 from longreach.model import logscale
-from longreach.train import attention, checkpoint, context_parallel, parallel
+from longreach.train import attention, checkpoint, context_parallel, longce, parallel
 from longreach.train.config import TrainConfig
-from longreach.train.loss import IGNORE, chunked_cross_entropy, shift_labels
+from longreach.train.loss import IGNORE, chunked_cross_entropy, shift_labels, weighted_cross_entropy
 
 # ----------------------------------------------------------------------------- model
 
@@ -73,9 +73,13 @@ class CausalLMLoss(torch.nn.Module):
     (liger-kernel's fused linear cross-entropy, GPU only, when installed).
     """
 
-    def __init__(self, lm: torch.nn.Module, chunk_tokens: int, loss_impl: str = "chunked"):
+    def __init__(self, lm: torch.nn.Module, chunk_tokens: int, loss_impl: str = "chunked",
+                 longce: tuple[int, int, float] | None = None):
+        """longce: (window, stride, gamma) weighs each token's loss by LongCE (train/longce.py); the forward then
+        returns the weighted sum and keeps it, the plain sum and the weights' sum in `self.parts`."""
         super().__init__()
-        self.lm, self.chunk_tokens, self.loss_impl = lm, chunk_tokens, loss_impl
+        self.lm, self.chunk_tokens, self.loss_impl, self.longce = lm, chunk_tokens, loss_impl, longce
+        self.parts: dict[str, torch.Tensor] = {}
         if loss_impl == "liger":
             from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
             self._liger = LigerFusedLinearCrossEntropyLoss(reduction="sum", ignore_index=IGNORE)
@@ -83,15 +87,17 @@ class CausalLMLoss(torch.nn.Module):
             raise InputError(f"unknown loss implementation {loss_impl!r}; known: chunked, liger", field="loss")
 
     def forward(self, input_ids, labels, position_ids=None, attention_mask=None) -> torch.Tensor:
-        if (attention_mask is None and position_ids is not None
-                and self.lm.config._attn_implementation == attention.FLEX_NAME
-                and not attention.targets_in_first_document(position_ids, labels)):
-            # Packed documents (positions restart at 0): one sparse block mask per micro-batch, for all layers.
-            # (Without one, as when only the first document of each row has targets, attention is plain causal.)
-            attention_mask = attention.doc_block_mask(position_ids)
-        hidden = self.lm.model(input_ids=input_ids, position_ids=position_ids,
-                               attention_mask=attention_mask).last_hidden_state
         weight = self.lm.get_output_embeddings().weight
+        short_nll = None
+        if self.longce:
+            short_nll = longce.short_nll(self._hidden, input_ids, labels, position_ids, attention_mask, weight,
+                                         self.longce[0], self.longce[1], self.chunk_tokens)
+        hidden = self._hidden(input_ids, labels, position_ids, attention_mask)
+        if short_nll is not None:
+            loss, plain, wsum = weighted_cross_entropy(hidden, weight, labels, short_nll, self.longce[2],
+                                                       self.chunk_tokens)
+            self.parts = {"ce": plain.detach(), "loss_weighted": loss.detach(), "longce_weight_mean": wsum.detach()}
+            return loss
         if self.loss_impl == "liger":
             # The fused kernel multiplies in its inputs' dtype: give it bf16 like autocast would.
             dt = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) \
@@ -99,6 +105,16 @@ class CausalLMLoss(torch.nn.Module):
             return self._liger(weight.to(dt), hidden.reshape(-1, hidden.shape[-1]).to(dt),
                                labels.reshape(-1)).float()
         return chunked_cross_entropy(hidden, weight, labels, self.chunk_tokens)
+
+    def _hidden(self, input_ids, labels, position_ids=None, attention_mask=None) -> torch.Tensor:
+        if (attention_mask is None and position_ids is not None
+                and self.lm.config._attn_implementation == attention.FLEX_NAME
+                and not attention.targets_in_first_document(position_ids, labels)):
+            # Packed documents (positions restart at 0): one sparse block mask per micro-batch, for all layers.
+            # (Without one, as when only the first document of each row has targets, attention is plain causal.)
+            attention_mask = attention.doc_block_mask(position_ids)
+        return self.lm.model(input_ids=input_ids, position_ids=position_ids,
+                             attention_mask=attention_mask).last_hidden_state
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -137,6 +153,27 @@ def check_finish(cfg: TrainConfig) -> None:
                          "set both (a count > 0) or neither", field="finish_sequences")
     if cfg.long_doc_tokens < 1:
         raise InputError(f"must be >= 1, got {cfg.long_doc_tokens}", field="long_doc_tokens")
+
+
+def check_loss_weighting(cfg: TrainConfig) -> None:
+    """LongCE's fields (before any run folder is written); the window is checked against the data in _train."""
+    if cfg.loss_weighting not in ("", "longce"):
+        raise InputError(f"must be longce or empty, got {cfg.loss_weighting!r}", field="loss_weighting")
+    if not cfg.loss_weighting:
+        return
+    if cfg.longce_window < 1:
+        raise InputError(f"must be >= 1, got {cfg.longce_window}", field="longce_window")
+    if not 1 <= cfg.longce_stride <= cfg.longce_window:
+        raise InputError(f"must be 1 to longce_window ({cfg.longce_window}), got {cfg.longce_stride}",
+                         field="longce_stride")
+    if not cfg.longce_gamma > 0:
+        raise InputError(f"must be > 0, got {cfg.longce_gamma}", field="longce_gamma")
+    if cfg.loss_impl != "chunked":
+        raise InputError(f"loss_weighting longce weighs the chunked loss's tokens; not with loss_impl "
+                         f"{cfg.loss_impl!r}", field="loss_impl")
+    if cfg.context_parallel > 1:
+        raise InputError("loss_weighting longce needs each sequence whole on one rank (its short-window pass): "
+                         "not with context_parallel > 1", field="loss_weighting")
 
 
 class Batches:
@@ -439,6 +476,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if not cfg.model or not cfg.data:
         raise InputError("both `model` and `data` must be set", field="model" if not cfg.model else "data")
     check_finish(cfg)
+    check_loss_weighting(cfg)
     if cfg.deterministic and cfg.attn == attention.FA4_NAME:
         raise InputError(f"attn {attention.FA4_NAME}'s backward is not run in a deterministic mode here: use sdpa "
                          "with deterministic: true", field="deterministic")
@@ -460,6 +498,10 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
         batches.check_visited()  # a resumed run keeps the number its order was made for (resume_order)
     seq_len = batches.shards.seq_len
     parallel.check_seq_len(seq_len, d.cp)
+    if cfg.loss_weighting and cfg.longce_window + cfg.longce_stride > seq_len:
+        raise InputError(f"longce_window + longce_stride ({cfg.longce_window} + {cfg.longce_stride}) must fit the "
+                         f"data's {seq_len}-token sequences (a short window longer than them weighs every token 1)",
+                         field="longce_window")
     if cfg.doc_mask and d.cp > 1:
         raise InputError("doc_mask is not supported with context_parallel > 1", field="doc_mask")
     if cfg.attn == attention.FA4_NAME and (d.cp > 1 or cfg.doc_mask):
@@ -482,7 +524,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                               offload=cfg.offload_activations)
     if d.cp > 1:
         context_parallel.enable(lm, d.cp_group)
-    model = CausalLMLoss(lm, cfg.loss_chunk_tokens, cfg.loss_impl).to(d.device)
+    longce = (cfg.longce_window, cfg.longce_stride, cfg.longce_gamma) if cfg.loss_weighting == "longce" else None
+    model = CausalLMLoss(lm, cfg.loss_chunk_tokens, cfg.loss_impl, longce).to(d.device)
     model = parallel.shard_model(model, d)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                             fused=d.device.type == "cuda")
@@ -525,7 +568,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
             if n_tokens.item() == 0:
                 raise InputError(f"step {step} has no token with a loss (all labels masked)", path=cfg.data)
             # --- forward, loss, backward
-            loss_sum = forward_backward(model, micro, n_tokens, autocast, d)
+            sums: dict[str, torch.Tensor] = {}
+            loss_sum = forward_backward(model, micro, n_tokens, autocast, d, sums)
             loss_val = parallel.all_reduce_sum(loss_sum, d).item() / n_tokens.item()
             # --- step
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
@@ -549,6 +593,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
             rec = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": gnorm, "tokens": int(n_tokens.item()),
                    "tokens_per_s": micro_tokens(micro) * d.world / dt, "step_time_s": dt,
                    "data_position": batches.position}
+            for key, value in sums.items():  # LongCE: the weighted loss trained on, the mean weight
+                rec[key] = parallel.all_reduce_sum(value, d).item() / n_tokens.item()
             if d.device.type == "cuda":
                 rec["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
             if log is not None and (step % cfg.log_every == 0 or step == cfg.max_steps):
@@ -582,8 +628,10 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def forward_backward(model: torch.nn.Module, micro: list[dict[str, torch.Tensor]], n_tokens: torch.Tensor,
-                     autocast, d: parallel.Dist) -> torch.Tensor:
-    """Forward and backward of every micro-batch of one step; returns this rank's summed loss (detached).
+                     autocast, d: parallel.Dist, sums: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Forward and backward of every micro-batch of one step; returns this rank's summed cross-entropy (detached).
+    Under LongCE the gradient is the weighted loss's; `sums` (when given) collects this rank's sums of the
+    weighted loss and of the weights, under the keys the loop logs them by (each divided by the tokens).
 
     The benchmark (benchmarks/train_throughput.py) times this same function."""
     loss_sum = torch.zeros((), device=d.device)
@@ -593,7 +641,10 @@ def forward_backward(model: torch.nn.Module, micro: list[dict[str, torch.Tensor]
             loss = model(**m)
         # Gradients are averaged over ranks, so scale by the world size to get the global token mean.
         (loss * d.world / n_tokens).backward()
-        loss_sum += loss.detach()
+        parts = getattr(model, "parts", None)
+        loss_sum += parts["ce"] if parts else loss.detach()
+        for key in ("loss_weighted", "longce_weight_mean") if parts and sums is not None else ():
+            sums[key] = sums.get(key, 0) + parts[key]
     return loss_sum
 
 

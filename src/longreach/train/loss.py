@@ -14,10 +14,14 @@ from torch.utils.checkpoint import checkpoint
 IGNORE = -100
 
 
+def _nll(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy of one chunk (0 where the label is -100). Upcast after the matmul: the product
+    runs in bf16 under autocast, the softmax in fp32."""
+    return F.cross_entropy((hidden @ weight.t()).float(), labels, ignore_index=IGNORE, reduction="none")
+
+
 def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    logits = hidden @ weight.t()
-    # Upcast after the matmul: the product runs in bf16 under autocast, the softmax in fp32.
-    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="sum")
+    return _nll(hidden, weight, labels).sum()
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -39,6 +43,53 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
         else:
             total = total + _chunk_loss_sum(h, weight, y)
     return total
+
+
+@torch.no_grad()
+def token_nll(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+              chunk_tokens: int = 4096) -> torch.Tensor:
+    """Each position's cross-entropy, [N] fp32 over the flattened positions (0 where the label is -100), chunk
+    by chunk like `chunked_cross_entropy`; no gradient."""
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    labels = labels.reshape(-1)
+    return torch.cat([_nll(hidden[i:i + chunk_tokens], weight, labels[i:i + chunk_tokens])
+                      for i in range(0, hidden.shape[0], chunk_tokens)])
+
+
+def longce_weights(long_nll: torch.Tensor, short_nll: torch.Tensor, gamma: float) -> torch.Tensor:
+    """LongCE's token weights (train/longce.py): min(exp(short_nll - long_nll), gamma), how much likelier the
+    whole context makes the token than a short window does, capped at gamma; 1 where short_nll is NaN (targets
+    whose short window is their whole context). Tokens the far context does not help get ~1."""
+    return torch.where(short_nll.isnan(), 1.0, torch.exp(short_nll - long_nll).clamp(max=gamma))
+
+
+def _weighted_chunk(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, short_nll: torch.Tensor,
+                    gamma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    nll = _nll(hidden, weight, labels)
+    w = longce_weights(nll.detach(), short_nll, gamma) * (labels != IGNORE)  # constants: no gradient through w
+    return (w * nll).sum(), nll.detach().sum(), w.sum()
+
+
+def weighted_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, short_nll: torch.Tensor,
+                           gamma: float, chunk_tokens: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LongCE: the sum of each token's cross-entropy times its `longce_weights` (short_nll: the same tokens'
+    cross-entropy through a short window, train/longce.py). Returns (weighted sum: the training loss, plain sum: the loss to report,
+    sum of the weights); chunked and checkpointed like `chunked_cross_entropy`, so no full logits."""
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    labels, short_nll = labels.reshape(-1), short_nll.reshape(-1)
+    zero = hidden.new_zeros((), dtype=torch.float32)
+    loss, plain, wsum = zero, zero, zero
+    for start in range(0, hidden.shape[0], chunk_tokens):
+        part = slice(start, start + chunk_tokens)
+        h, y, s = hidden[part], labels[part], short_nll[part]
+        if not bool((y != IGNORE).any()):
+            continue
+        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+            a, b, c = checkpoint(_weighted_chunk, h, weight, y, s, gamma, use_reentrant=False)
+        else:
+            a, b, c = _weighted_chunk(h, weight, y, s, gamma)
+        loss, plain, wsum = loss + a, plain + b, wsum + c
+    return loss, plain, wsum
 
 
 def shift_labels(input_ids: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -14,6 +14,7 @@ import pytest
 from longreach import config as config_io
 from longreach import demo
 from longreach.eval import niah
+from longreach.train.config import TrainConfig
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo-cpu.yaml"
 PROSE = ("Enter the King. My lord, the night is cold, and all the court is still. Why stay you here? "
@@ -156,13 +157,18 @@ def test_demo_runs_end_to_end_at_a_tiny_size(tiny_plays, tmp_path):
     a = load_file(out / "models" / "base-change" / "model.safetensors")
     b = load_file(out / "models" / "extended" / "model.safetensors")
     assert any(not np.array_equal(a[k], b[k]) for k in a)
-    # The comparison knob: another RoPE scheme in place of the base change, said so in the report.
+    # The comparison knobs: another RoPE scheme in place of the base change, said so in the report; LongCE's
+    # token weights in the continued pretraining, the short view the base window.
     yarn = demo.run(config_io.load(demo.DemoConfig, CONFIG, tiny + [
         f"out={tmp_path / 'y'}", f"base_model={base['base']}", "factor=2", "extend.steps=1", "scheme=yarn",
-        "extend.micro_batch=2", "eval.ppl_sequences=1", "eval.ppl_buckets=4"]))
+        "extend.micro_batch=2", "eval.ppl_sequences=1", "eval.ppl_buckets=4", "extend.loss_weighting=longce"]))
+    step = json.loads((tmp_path / "y" / "train" / "metrics.jsonl").read_text().splitlines()[0])
+    assert step["longce_weight_mean"] > 0
+    assert config_io.load(TrainConfig, tmp_path / "y" / "train" / "config.yaml").longce_window == 128
     rope_cfg = json.loads((tmp_path / "y" / "models" / "base-change" / "config.json").read_text())
     assert rope_cfg["rope_parameters"]["rope_type"] == "yarn" and rope_cfg["max_position_embeddings"] == 256
-    assert "RoPE scheme `yarn` (factor 2)" in (tmp_path / "y" / "report.md").read_text()
+    report = (tmp_path / "y" / "report.md").read_text()
+    assert "RoPE scheme `yarn` (factor 2)" in report and "weighted by LongCE" in report
     assert [r["model"] for r in yarn["rows"]] == ["base", "base-change", "extended"]
 
 

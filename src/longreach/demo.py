@@ -72,6 +72,8 @@ class ExtendStage:
     named_fraction: float = 0.0  # share of pass-key sequences holding several named keys, each asked at the end
     # (0.5 wiped retrieval out: 0.00 everywhere; kept for the record and further tries, docs/LOG.md)
     named_keys: int = 6  # keys per such sequence ("The pass key of the red door is ..."): more long-range answers
+    loss_weighting: str = ""  # "" | longce: LongCE's token weights (TrainConfig), the short view the base window L
+    longce_stride: int = 128  # LongCE's targets per short window (windows of L + this many tokens)
     filler_numbers: float = 0.01  # share of the pass-key documents' filler words followed by a random number
     # (1-4 digits; the essays have 1%): distractor digits the key's copy learns to ignore (0: beyond L 0.78, the
     # last digit pulled to the haystack's numbers; 0.01: 0.94 on the CPU, 0.90-0.94 over 4 seeds; docs/LOG.md)
@@ -447,7 +449,8 @@ def run_extend(cfg: DemoConfig) -> dict[str, Any]:
     tcfg = TrainConfig(model=str(change_dir), data=str(out / "data"), out=str(out / "train"), stage="extend",
                        max_steps=e.steps, micro_batch=e.micro_batch, lr=e.lr, min_lr=e.lr / 10,
                        warmup_steps=e.warmup_steps, seed=cfg.seed, save_every=e.steps, keep_checkpoints=1,
-                       loss_chunk_tokens=8192, precision="fp32")  # as on the CPU, also where a GPU runs it
+                       loss_chunk_tokens=8192, precision="fp32",  # as on the CPU, also where a GPU runs it
+                       loss_weighting=e.loss_weighting, longce_window=window, longce_stride=e.longce_stride)
     summary = train_to_end(tcfg)
     ext_dir = out / "models" / "extended"
     shutil.copytree(summary["checkpoint"], ext_dir, ignore=shutil.ignore_patterns("trainer_state.pt"))
@@ -540,7 +543,9 @@ def report_lines(cfg: DemoConfig, facts: dict[str, Any], rows: list[dict[str, An
            f"RoPE scheme `{cfg.scheme}` (factor {cfg.factor}) instead of ChatQA 2's base change, then ")
         + f"{e.steps} steps of continued pretraining on {facts['sequences']} sequences of {target} tokens "
         f"({facts['tokens_per_step']:,} tokens per step, lr {e.lr:g}) made by `longreach data prepare`, "
-        f"documents joined by a plain-text `{SEP}`.")
+        f"documents joined by a plain-text `{SEP}`"
+        + (f", each token's loss weighted by LongCE (the short view {window} + {e.longce_stride} tokens)."
+           if e.loss_weighting else "."))
     synthetic = (
         "**Synthetic data, declared.** Besides Gutenberg plays, the training data holds synthetic pass-key "
         f"documents: Gutenberg prose with the sentence \"{NEEDLE.replace('{key}', '48213')}\" at a random "

@@ -101,7 +101,7 @@ def test_windows_cover_every_target_once():
 def test_weighted_loss_and_gradients_equal_a_full_logits_reference():
     batch = _batch()
     lm = _lm()
-    model = CausalLMLoss(lm, chunk_tokens=16, longce=(8, 4, 2.0))
+    model = CausalLMLoss(lm, chunk_tokens=16, longce=(8, 4, 2.0, 0.0))
     n = torch.tensor(float((batch["labels"] != IGNORE).sum()))
     sums = {}
     ce = forward_backward(model, [batch], n, nullcontext, parallel.Dist(), sums)
@@ -128,6 +128,8 @@ def test_weights_by_hand():
     short = torch.tensor([2.0, 3.0, 6.0, 1.0, float("nan")])
     w = longce_weights(long, short, gamma=5.0)
     assert w.tolist() == pytest.approx([1.0, math.e, 5.0, math.exp(-2.0), 1.0])
+    floored = longce_weights(long, short, gamma=5.0, floor=1.0)  # only tokens the far context helps count more
+    assert floored.tolist() == pytest.approx([1.0, math.e, 5.0, 1.0, 1.0])
 
 
 def _copy_shards(path, n_seq=8, seq_len=32):
@@ -163,6 +165,9 @@ def test_a_longce_run_logs_its_weights_resumes_and_refuses_bad_settings(tiny_mod
     assert len(recs) == 6 and all("longce_weight_mean" in r and "loss_weighted" in r for r in recs)
     assert all(r["longce_weight_mean"] > 0 for r in recs)
     assert "longce_weight_mean" not in _records(tmp_path / "plain")[0]
+    train(_cfg(tiny_model, data, tmp_path / "floored", longce_floor=1.0))  # no weight below 1
+    assert all(r["longce_weight_mean"] >= 1 - 1e-6 for r in _records(tmp_path / "floored"))
+    assert min(r["longce_weight_mean"] for r in recs) < 1  # while the paper's weights go below 1 here
     # the first step's reported loss is plain cross-entropy, the same as the plain run's; later ones differ
     assert recs[0]["loss"] == pytest.approx(_records(tmp_path / "plain")[0]["loss"], abs=1e-6)
     assert recs[-1]["loss"] != pytest.approx(plain["loss"], abs=1e-6)
@@ -177,6 +182,7 @@ def test_a_longce_run_logs_its_weights_resumes_and_refuses_bad_settings(tiny_mod
                                       ({"longce_window": 0}, "longce_window"),
                                       ({"longce_stride": 9}, "longce_stride"),
                                       ({"longce_gamma": 0.0}, "longce_gamma"),
+                                      ({"longce_floor": 6.0}, "longce_floor"),
                                       ({"longce_window": 29}, "longce_window"),  # 29 + 4 > 32
                                       ({"loss_impl": "liger"}, "loss_impl"),
                                       ({"context_parallel": 2}, "loss_weighting"))):

@@ -74,6 +74,7 @@ class ExtendStage:
     named_keys: int = 6  # keys per such sequence ("The pass key of the red door is ..."): more long-range answers
     loss_weighting: str = ""  # "" | longce: LongCE's token weights (TrainConfig), the short view the base window L
     longce_stride: int = 128  # LongCE's targets per short window (windows of L + this many tokens)
+    longce_floor: float = 0.0  # LongCE's least weight (TrainConfig.longce_floor)
     filler_numbers: float = 0.01  # share of the pass-key documents' filler words followed by a random number
     # (1-4 digits; the essays have 1%): distractor digits the key's copy learns to ignore (0: beyond L 0.78, the
     # last digit pulled to the haystack's numbers; 0.01: 0.94 on the CPU, 0.90-0.94 over 4 seeds; docs/LOG.md)
@@ -450,7 +451,8 @@ def run_extend(cfg: DemoConfig) -> dict[str, Any]:
                        max_steps=e.steps, micro_batch=e.micro_batch, lr=e.lr, min_lr=e.lr / 10,
                        warmup_steps=e.warmup_steps, seed=cfg.seed, save_every=e.steps, keep_checkpoints=1,
                        loss_chunk_tokens=8192, precision="fp32",  # as on the CPU, also where a GPU runs it
-                       loss_weighting=e.loss_weighting, longce_window=window, longce_stride=e.longce_stride)
+                       loss_weighting=e.loss_weighting, longce_window=window, longce_stride=e.longce_stride,
+                       longce_floor=e.longce_floor)
     summary = train_to_end(tcfg)
     ext_dir = out / "models" / "extended"
     shutil.copytree(summary["checkpoint"], ext_dir, ignore=shutil.ignore_patterns("trainer_state.pt"))

@@ -38,6 +38,7 @@ class TrainConfig:
     longce_window: int = 4096  # LongCE's short view: at least this many tokens before each target
     longce_stride: int = 1024  # targets scored per short window (of window + stride tokens, without gradient)
     longce_gamma: float = 5.0  # the cap on a token's weight (the paper's code: 5)
+    longce_floor: float = 0.0  # the least weight (the paper: none; 1: only tokens the far context helps count more)
     doc_mask: bool = False  # attention isolated per packed document (positions restart); off as in ChatQA 2
     context_parallel: int = 1  # ranks that split one sequence (torch context parallel); 1 = off
     compile: bool = False  # torch.compile each decoder layer

@@ -74,8 +74,8 @@ class CausalLMLoss(torch.nn.Module):
     """
 
     def __init__(self, lm: torch.nn.Module, chunk_tokens: int, loss_impl: str = "chunked",
-                 longce: tuple[int, int, float] | None = None):
-        """longce: (window, stride, gamma) weighs each token's loss by LongCE (train/longce.py); the forward then
+                 longce: tuple[int, int, float, float] | None = None):
+        """longce: (window, stride, gamma, floor) weighs each token's loss by LongCE (train/longce.py); the forward then
         returns the weighted sum and keeps it, the plain sum and the weights' sum in `self.parts`."""
         super().__init__()
         self.lm, self.chunk_tokens, self.loss_impl, self.longce = lm, chunk_tokens, loss_impl, longce
@@ -95,7 +95,7 @@ class CausalLMLoss(torch.nn.Module):
         hidden = self._hidden(input_ids, labels, position_ids, attention_mask)
         if short_nll is not None:
             loss, plain, wsum = weighted_cross_entropy(hidden, weight, labels, short_nll, self.longce[2],
-                                                       self.chunk_tokens)
+                                                       self.chunk_tokens, floor=self.longce[3])
             self.parts = {"ce": plain.detach(), "loss_weighted": loss.detach(), "longce_weight_mean": wsum.detach()}
             return loss
         if self.loss_impl == "liger":
@@ -168,6 +168,9 @@ def check_loss_weighting(cfg: TrainConfig) -> None:
                          field="longce_stride")
     if not cfg.longce_gamma > 0:
         raise InputError(f"must be > 0, got {cfg.longce_gamma}", field="longce_gamma")
+    if not 0 <= cfg.longce_floor <= cfg.longce_gamma:
+        raise InputError(f"must be 0 to longce_gamma ({cfg.longce_gamma}), got {cfg.longce_floor}",
+                         field="longce_floor")
     if cfg.loss_impl != "chunked":
         raise InputError(f"loss_weighting longce weighs the chunked loss's tokens; not with loss_impl "
                          f"{cfg.loss_impl!r}", field="loss_impl")
@@ -524,7 +527,8 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                               offload=cfg.offload_activations)
     if d.cp > 1:
         context_parallel.enable(lm, d.cp_group)
-    longce = (cfg.longce_window, cfg.longce_stride, cfg.longce_gamma) if cfg.loss_weighting == "longce" else None
+    longce = ((cfg.longce_window, cfg.longce_stride, cfg.longce_gamma, cfg.longce_floor)
+              if cfg.loss_weighting == "longce" else None)
     model = CausalLMLoss(lm, cfg.loss_chunk_tokens, cfg.loss_impl, longce).to(d.device)
     model = parallel.shard_model(model, d)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),

@@ -56,22 +56,24 @@ def token_nll(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                       for i in range(0, hidden.shape[0], chunk_tokens)])
 
 
-def longce_weights(long_nll: torch.Tensor, short_nll: torch.Tensor, gamma: float) -> torch.Tensor:
+def longce_weights(long_nll: torch.Tensor, short_nll: torch.Tensor, gamma: float, floor: float = 0.0) -> torch.Tensor:
     """LongCE's token weights (train/longce.py): min(exp(short_nll - long_nll), gamma), how much likelier the
-    whole context makes the token than a short window does, capped at gamma; 1 where short_nll is NaN (targets
-    whose short window is their whole context). Tokens the far context does not help get ~1."""
-    return torch.where(short_nll.isnan(), 1.0, torch.exp(short_nll - long_nll).clamp(max=gamma))
+    whole context makes the token than a short window does, capped at gamma (and raised to `floor`: 1 counts
+    only the tokens the far context helps); 1 where short_nll is NaN (targets whose short window is their whole
+    context). Tokens the far context does not help get ~1."""
+    return torch.where(short_nll.isnan(), 1.0, torch.exp(short_nll - long_nll).clamp(min=floor, max=gamma))
 
 
 def _weighted_chunk(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, short_nll: torch.Tensor,
-                    gamma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    gamma: float, floor: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     nll = _nll(hidden, weight, labels)
-    w = longce_weights(nll.detach(), short_nll, gamma) * (labels != IGNORE)  # constants: no gradient through w
+    w = longce_weights(nll.detach(), short_nll, gamma, floor) * (labels != IGNORE)  # constants: no gradient through w
     return (w * nll).sum(), nll.detach().sum(), w.sum()
 
 
 def weighted_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, short_nll: torch.Tensor,
-                           gamma: float, chunk_tokens: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                           gamma: float, chunk_tokens: int = 4096,
+                           floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """LongCE: the sum of each token's cross-entropy times its `longce_weights` (short_nll: the same tokens'
     cross-entropy through a short window, train/longce.py). Returns (weighted sum: the training loss, plain sum: the loss to report,
     sum of the weights); chunked and checkpointed like `chunked_cross_entropy`, so no full logits."""
@@ -85,9 +87,9 @@ def weighted_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: t
         if not bool((y != IGNORE).any()):
             continue
         if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            a, b, c = checkpoint(_weighted_chunk, h, weight, y, s, gamma, use_reentrant=False)
+            a, b, c = checkpoint(_weighted_chunk, h, weight, y, s, gamma, floor, use_reentrant=False)
         else:
-            a, b, c = _weighted_chunk(h, weight, y, s, gamma)
+            a, b, c = _weighted_chunk(h, weight, y, s, gamma, floor)
         loss, plain, wsum = loss + a, plain + b, wsum + c
     return loss, plain, wsum
 

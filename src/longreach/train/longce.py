@@ -14,11 +14,22 @@ tokens for SmolLM2), so the windows are cut out and run as sequences of their ow
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
 from longreach.train.attention import document_ids
 from longreach.train.loss import token_nll
+
+
+class Settings(NamedTuple):
+    """TrainConfig's longce_* fields, as CausalLMLoss uses them."""
+
+    window: int
+    stride: int
+    gamma: float
+    floor: float = 0.0
+
 
 WINDOWS_PER_PASS = 16  # windows per forward pass (16 x 5,120 tokens at the defaults: ~2-3 GB at 135M)
 

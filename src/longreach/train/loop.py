@@ -74,11 +74,13 @@ class CausalLMLoss(torch.nn.Module):
     """
 
     def __init__(self, lm: torch.nn.Module, chunk_tokens: int, loss_impl: str = "chunked",
-                 longce: tuple[int, int, float, float] | None = None):
-        """longce: (window, stride, gamma, floor) weighs each token's loss by LongCE (train/longce.py); the forward then
-        returns the weighted sum and keeps it, the plain sum and the weights' sum in `self.parts`."""
+                 weighting: tuple[int, int, float, float] | None = None):
+        """weighting: LongCE's (window, stride, gamma, floor), `longce.Settings`: each token's loss weighted
+        (train/longce.py); the forward then returns the weighted sum and keeps it, the plain sum and the weights'
+        sum in `self.parts`."""
         super().__init__()
-        self.lm, self.chunk_tokens, self.loss_impl, self.longce = lm, chunk_tokens, loss_impl, longce
+        self.lm, self.chunk_tokens, self.loss_impl = lm, chunk_tokens, loss_impl
+        self.weighting = longce.Settings(*weighting) if weighting else None
         self.parts: dict[str, torch.Tensor] = {}
         if loss_impl == "liger":
             from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
@@ -88,14 +90,13 @@ class CausalLMLoss(torch.nn.Module):
 
     def forward(self, input_ids, labels, position_ids=None, attention_mask=None) -> torch.Tensor:
         weight = self.lm.get_output_embeddings().weight
-        short_nll = None
-        if self.longce:
-            short_nll = longce.short_nll(self._hidden, input_ids, labels, position_ids, attention_mask, weight,
-                                         self.longce[0], self.longce[1], self.chunk_tokens)
+        w = self.weighting
+        short_nll = None if w is None else longce.short_nll(
+            self._hidden, input_ids, labels, position_ids, attention_mask, weight, w.window, w.stride, self.chunk_tokens)
         hidden = self._hidden(input_ids, labels, position_ids, attention_mask)
         if short_nll is not None:
-            loss, plain, wsum = weighted_cross_entropy(hidden, weight, labels, short_nll, self.longce[2],
-                                                       self.chunk_tokens, floor=self.longce[3])
+            loss, plain, wsum = weighted_cross_entropy(hidden, weight, labels, short_nll, w.gamma, self.chunk_tokens,
+                                                       floor=w.floor)
             self.parts = {"ce": plain.detach(), "loss_weighted": loss.detach(), "longce_weight_mean": wsum.detach()}
             return loss
         if self.loss_impl == "liger":
@@ -527,9 +528,9 @@ def _train(cfg: TrainConfig) -> dict[str, Any]:
                               offload=cfg.offload_activations)
     if d.cp > 1:
         context_parallel.enable(lm, d.cp_group)
-    longce = ((cfg.longce_window, cfg.longce_stride, cfg.longce_gamma, cfg.longce_floor)
-              if cfg.loss_weighting == "longce" else None)
-    model = CausalLMLoss(lm, cfg.loss_chunk_tokens, cfg.loss_impl, longce).to(d.device)
+    weighting = (longce.Settings(cfg.longce_window, cfg.longce_stride, cfg.longce_gamma, cfg.longce_floor)
+                 if cfg.loss_weighting == "longce" else None)
+    model = CausalLMLoss(lm, cfg.loss_chunk_tokens, cfg.loss_impl, weighting).to(d.device)
     model = parallel.shard_model(model, d)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                             fused=d.device.type == "cuda")
@@ -647,8 +648,9 @@ def forward_backward(model: torch.nn.Module, micro: list[dict[str, torch.Tensor]
         (loss * d.world / n_tokens).backward()
         parts = getattr(model, "parts", None)
         loss_sum += parts["ce"] if parts else loss.detach()
-        for key in ("loss_weighted", "longce_weight_mean") if parts and sums is not None else ():
-            sums[key] = sums.get(key, 0) + parts[key]
+        if parts and sums is not None:
+            for key in ("loss_weighted", "longce_weight_mean"):
+                sums[key] = sums.get(key, 0) + parts[key]
     return loss_sum
 
 

@@ -7,6 +7,8 @@ activation checkpointing, so the backward pass recomputes one chunk's logits ins
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -24,6 +26,23 @@ def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     return _nll(hidden, weight, labels).sum()
 
 
+def _over_chunks(fn, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_tokens: int,
+                 *per_token: torch.Tensor) -> list:
+    """fn(hidden, weight, labels, *per_token) of each chunk of `chunk_tokens` positions that has a target, under
+    activation checkpointing when a gradient is wanted (the backward recomputes one chunk's logits at a time)."""
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    labels, per_token = labels.reshape(-1), [t.reshape(-1) for t in per_token]
+    out = []
+    for start in range(0, hidden.shape[0], chunk_tokens):
+        part = slice(start, start + chunk_tokens)
+        if not bool((labels[part] != IGNORE).any()):
+            continue
+        args = (hidden[part], weight, labels[part], *(t[part] for t in per_token))
+        grad = torch.is_grad_enabled() and (args[0].requires_grad or weight.requires_grad)
+        out.append(checkpoint(fn, *args, use_reentrant=False) if grad else fn(*args))
+    return out
+
+
 def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                           chunk_tokens: int = 4096) -> torch.Tensor:
     """Sum of token cross-entropies over positions whose label is not -100.
@@ -31,18 +50,8 @@ def chunked_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: to
     hidden: [..., H] final hidden states (after the last norm); weight: [V, H] output embedding;
     labels: [...] next-token targets already shifted. Returns a scalar sum (divide by the token count).
     """
-    hidden = hidden.reshape(-1, hidden.shape[-1])
-    labels = labels.reshape(-1)
     total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.shape[0], chunk_tokens):
-        h, y = hidden[start:start + chunk_tokens], labels[start:start + chunk_tokens]
-        if not bool((y != IGNORE).any()):
-            continue
-        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            total = total + checkpoint(_chunk_loss_sum, h, weight, y, use_reentrant=False)
-        else:
-            total = total + _chunk_loss_sum(h, weight, y)
-    return total
+    return sum(_over_chunks(_chunk_loss_sum, hidden, weight, labels, chunk_tokens), total)
 
 
 @torch.no_grad()
@@ -65,33 +74,23 @@ def longce_weights(long_nll: torch.Tensor, short_nll: torch.Tensor, gamma: float
 
 
 def _weighted_chunk(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, short_nll: torch.Tensor,
-                    gamma: float, floor: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    gamma: float, floor: float) -> torch.Tensor:
+    """[weighted sum, plain sum, sum of the weights] of one chunk; the weights are constants (no gradient)."""
     nll = _nll(hidden, weight, labels)
-    w = longce_weights(nll.detach(), short_nll, gamma, floor) * (labels != IGNORE)  # constants: no gradient through w
-    return (w * nll).sum(), nll.detach().sum(), w.sum()
+    w = longce_weights(nll.detach(), short_nll, gamma, floor) * (labels != IGNORE)
+    return torch.stack([(w * nll).sum(), nll.detach().sum(), w.sum()])
 
 
 def weighted_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, short_nll: torch.Tensor,
                            gamma: float, chunk_tokens: int = 4096,
                            floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """LongCE: the sum of each token's cross-entropy times its `longce_weights` (short_nll: the same tokens'
-    cross-entropy through a short window, train/longce.py). Returns (weighted sum: the training loss, plain sum: the loss to report,
-    sum of the weights); chunked and checkpointed like `chunked_cross_entropy`, so no full logits."""
-    hidden = hidden.reshape(-1, hidden.shape[-1])
-    labels, short_nll = labels.reshape(-1), short_nll.reshape(-1)
-    zero = hidden.new_zeros((), dtype=torch.float32)
-    loss, plain, wsum = zero, zero, zero
-    for start in range(0, hidden.shape[0], chunk_tokens):
-        part = slice(start, start + chunk_tokens)
-        h, y, s = hidden[part], labels[part], short_nll[part]
-        if not bool((y != IGNORE).any()):
-            continue
-        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            a, b, c = checkpoint(_weighted_chunk, h, weight, y, s, gamma, floor, use_reentrant=False)
-        else:
-            a, b, c = _weighted_chunk(h, weight, y, s, gamma, floor)
-        loss, plain, wsum = loss + a, plain + b, wsum + c
-    return loss, plain, wsum
+    cross-entropy through a short window, train/longce.py), chunked like `chunked_cross_entropy`. Returns
+    (weighted sum: the training loss, plain sum: the loss to report, sum of the weights)."""
+    fn = functools.partial(_weighted_chunk, gamma=gamma, floor=floor)
+    total = sum(_over_chunks(fn, hidden, weight, labels, chunk_tokens, short_nll),
+                hidden.new_zeros(3, dtype=torch.float32))
+    return total[0], total[1].detach(), total[2].detach()
 
 
 def shift_labels(input_ids: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:

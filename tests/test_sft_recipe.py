@@ -44,7 +44,9 @@ def test_chatqa2_example_config_has_the_paper_blends():
                                   "smollm2-135m-128k-sft.yaml", "smollm2-135m-128k-sft-replay.yaml",
                                   "smollm2-135m-128k-sft-replay-mixed.yaml",
                                   "smollm2-135m-128k-sft-replay-echo.yaml",
-                                  "smollm2-135m-128k-sft-replay-far.yaml"])
+                                  "smollm2-135m-128k-sft-replay-far.yaml",
+                                  "smollm2-135m-128k-sft-replay-32k.yaml",
+                                  "smollm2-135m-128k-sft-replay-64k.yaml"])
 def test_gpu_sft_configs_pass_their_checks(name):
     from longreach.sft.synth import check_config
 
@@ -80,6 +82,18 @@ def test_the_far_variant_is_the_replay_recipe_plus_one_set_of_far_facts_at_96k_1
     assert far.stages["sft3"].blend.pop("statement_far") == extra.n
     far.out = classic.out
     assert far == classic
+
+
+@pytest.mark.parametrize("cap,seq_len", [(32000, 32768), (64000, 65536)])
+def test_each_capped_variant_is_the_replay_recipe_with_every_context_capped(cap, seq_len):
+    classic = recipe.load(str(ROOT / "configs" / "smollm2-135m-128k-sft-replay.yaml"), ["model=m"])
+    capped = recipe.load(str(ROOT / "configs" / f"smollm2-135m-128k-sft-replay-{cap // 1000}k.yaml"), ["model=m"])
+    assert capped.seq_len == seq_len and max(max(v.lengths) for v in capped.synth.values()) == cap
+    for k, v in capped.synth.items():
+        assert v.lengths == [min(n, cap) for n in classic.synth[k].lengths]
+        v.lengths = classic.synth[k].lengths
+    capped.seq_len, capped.out = classic.seq_len, classic.out
+    assert capped == classic  # kinds, counts, blend and training
 
 
 def test_recipe_checks_name_the_bad_field(tmp_path):

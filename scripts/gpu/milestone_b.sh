@@ -336,6 +336,13 @@ field() {  # VARIANT N: its N-th ":" field (1: prepare flags, 2: extend flags, 3
   for ((k = 1; k < $2; k++)); do [[ $rest == *:* ]] && rest=${rest#*:} || rest=; done
   if [ "$2" -ge 3 ]; then echo "$rest"; else echo "${rest%%:*}"; fi
 }
+for e in "${VARIANTS[@]}"; do  # `longreach extend` takes no --set: a variant that hands it one fails after the 32K
+  # stage (session 25's smoke: "NAME::--set ..." is NAME, no prepare flags, extend flags "--set ...")
+  case " $(field "$e" 2) " in
+    *" --set "*) echo "CPT128_VARIANTS entry '${e%%:*}': --set among its extend flags (the second field); training" \
+      "flags are the third: NAME:PREPARE_ARGS:EXTEND_ARGS:--set k=v" >&2; exit 2 ;;
+  esac
+done
 rm -f "$O"/.prepare128* "$O/.done" "$W"/*.final  # markers of an earlier run
 for e in "${VARIANTS[@]}"; do  # the corpus packed at 128K, once per variant (CPU only, beside the 32K stage)
   x=$(suffix "$e"); a=$(field "$e" 1)

@@ -46,7 +46,8 @@ def test_chatqa2_example_config_has_the_paper_blends():
                                   "smollm2-135m-128k-sft-replay-echo.yaml",
                                   "smollm2-135m-128k-sft-replay-far.yaml",
                                   "smollm2-135m-128k-sft-replay-32k.yaml",
-                                  "smollm2-135m-128k-sft-replay-64k.yaml"])
+                                  "smollm2-135m-128k-sft-replay-64k.yaml",
+                                  "smollm2-135m-128k-sft-replay-160k.yaml"])
 def test_gpu_sft_configs_pass_their_checks(name):
     from longreach.sft.synth import check_config
 
@@ -94,6 +95,17 @@ def test_each_capped_variant_is_the_replay_recipe_with_every_context_capped(cap,
         v.lengths = classic.synth[k].lengths
     capped.seq_len, capped.out = classic.seq_len, classic.out
     assert capped == classic  # kinds, counts, blend and training
+
+
+def test_the_160k_variant_is_the_replay_recipe_with_its_long_contexts_stretched_by_a_quarter():
+    classic = recipe.load(str(ROOT / "configs" / "smollm2-135m-128k-sft-replay.yaml"), ["model=m"])
+    longer = recipe.load(str(ROOT / "configs" / "smollm2-135m-128k-sft-replay-160k.yaml"), ["model=m"])
+    assert longer.seq_len == 163840 and max(max(v.lengths) for v in longer.synth.values()) == 158750
+    for k, v in longer.synth.items():
+        assert v.lengths == [n if n <= 64000 else n * 5 // 4 for n in classic.synth[k].lengths]
+        v.lengths = classic.synth[k].lengths
+    longer.seq_len, longer.out = classic.seq_len, classic.out
+    assert longer == classic  # kinds, counts, blend and training
 
 
 def test_recipe_checks_name_the_bad_field(tmp_path):

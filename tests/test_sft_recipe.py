@@ -85,27 +85,21 @@ def test_the_far_variant_is_the_replay_recipe_plus_one_set_of_far_facts_at_96k_1
     assert far == classic
 
 
-@pytest.mark.parametrize("cap,seq_len", [(32000, 32768), (64000, 65536)])
-def test_each_capped_variant_is_the_replay_recipe_with_every_context_capped(cap, seq_len):
+@pytest.mark.parametrize("suffix,seq_len,resize", [
+    ("32k", 32768, lambda n: min(n, 32000)),  # every context capped
+    ("64k", 65536, lambda n: min(n, 64000)),
+    ("160k", 163840, lambda n: n if n <= 64000 else n * 5 // 4),  # every context above 64K stretched by a quarter
+])
+def test_each_length_variant_is_the_replay_recipe_with_only_its_contexts_resized(suffix, seq_len, resize):
     classic = recipe.load(str(ROOT / "configs" / "smollm2-135m-128k-sft-replay.yaml"), ["model=m"])
-    capped = recipe.load(str(ROOT / "configs" / f"smollm2-135m-128k-sft-replay-{cap // 1000}k.yaml"), ["model=m"])
-    assert capped.seq_len == seq_len and max(max(v.lengths) for v in capped.synth.values()) == cap
-    for k, v in capped.synth.items():
-        assert v.lengths == [min(n, cap) for n in classic.synth[k].lengths]
+    other = recipe.load(str(ROOT / "configs" / f"smollm2-135m-128k-sft-replay-{suffix}.yaml"), ["model=m"])
+    assert other.seq_len == seq_len
+    for k, v in other.synth.items():
+        assert v.lengths == [resize(n) for n in classic.synth[k].lengths]
+        assert max(v.lengths) < seq_len
         v.lengths = classic.synth[k].lengths
-    capped.seq_len, capped.out = classic.seq_len, classic.out
-    assert capped == classic  # kinds, counts, blend and training
-
-
-def test_the_160k_variant_is_the_replay_recipe_with_its_long_contexts_stretched_by_a_quarter():
-    classic = recipe.load(str(ROOT / "configs" / "smollm2-135m-128k-sft-replay.yaml"), ["model=m"])
-    longer = recipe.load(str(ROOT / "configs" / "smollm2-135m-128k-sft-replay-160k.yaml"), ["model=m"])
-    assert longer.seq_len == 163840 and max(max(v.lengths) for v in longer.synth.values()) == 158750
-    for k, v in longer.synth.items():
-        assert v.lengths == [n if n <= 64000 else n * 5 // 4 for n in classic.synth[k].lengths]
-        v.lengths = classic.synth[k].lengths
-    longer.seq_len, longer.out = classic.seq_len, classic.out
-    assert longer == classic  # kinds, counts, blend and training
+    other.seq_len, other.out = classic.seq_len, classic.out
+    assert other == classic  # kinds, counts, blend and training
 
 
 def test_recipe_checks_name_the_bad_field(tmp_path):

@@ -101,7 +101,7 @@ def test_windows_cover_every_target_once():
 def test_weighted_loss_and_gradients_equal_a_full_logits_reference():
     batch = _batch()
     lm = _lm()
-    model = CausalLMLoss(lm, chunk_tokens=16, weighting=(8, 4, 2.0, 0.0))
+    model = CausalLMLoss(lm, chunk_tokens=16, weighting=longce.Settings(8, 4, 2.0))
     n = torch.tensor(float((batch["labels"] != IGNORE).sum()))
     sums = {}
     ce = forward_backward(model, [batch], n, nullcontext, parallel.Dist(), sums)

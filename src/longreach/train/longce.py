@@ -12,7 +12,7 @@ tokens for SmolLM2), so the windows are cut out and run as sequences of their ow
 
 Measured for an extension from scratch (docs/RESULTS.md sessions 24-25): worse than the plain loss, on the CPU demo
 and on SmolLM2-135M 8K -> 128K (NIAH at 128K below the plain loss in four data orders of four; perplexity over the
-whole 128K 32.1-34.0 against 26.5-27.2): early in an extension the whole context predicts far tokens worse than the
+whole 128K 32.1-34.0 against 26.5-27.1): early in an extension the whole context predicts far tokens worse than the
 short view, so their weights fall below 1 and the new positions learn more slowly. An option to test, not a default.
 """
 

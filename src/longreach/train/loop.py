@@ -74,13 +74,13 @@ class CausalLMLoss(torch.nn.Module):
     """
 
     def __init__(self, lm: torch.nn.Module, chunk_tokens: int, loss_impl: str = "chunked",
-                 weighting: tuple[int, int, float, float] | None = None):
-        """weighting: LongCE's (window, stride, gamma, floor), `longce.Settings`: each token's loss weighted
+                 weighting: longce.Settings | None = None):
+        """weighting: LongCE's (window, stride, gamma, floor): each token's loss weighted
         (train/longce.py); the forward then returns the weighted sum and keeps it, the plain sum and the weights'
         sum in `self.parts`."""
         super().__init__()
         self.lm, self.chunk_tokens, self.loss_impl = lm, chunk_tokens, loss_impl
-        self.weighting = longce.Settings(*weighting) if weighting else None
+        self.weighting = weighting
         self.parts: dict[str, torch.Tensor] = {}
         if loss_impl == "liger":
             from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss

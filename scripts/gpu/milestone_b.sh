@@ -42,7 +42,13 @@
 # Outputs carry "-NAME" (smollm2-128k-base-NAME, cpt-128k-NAME, RECIPE-NAME, ...).
 # VARIANT_RECIPES="NAME=RECIPES;...": the named variant trains these SFT recipes (SFT_RECIPES' form) instead of
 # SFT_RECIPES, so two levers can share a hold (e.g. two 192K variants with the classic SFT, two 160K ones with
-# another SFT).
+# another SFT). "NAME=" (nothing after it): that variant trains no SFT (its model only feeds CPT_SOUPS).
+# CPT_SOUPS="NAME=VARIANT+VARIANT[+...];...": once the named variants' 128K stages have ended, their final
+# checkpoints averaged (`longreach average`: a soup of data orders before the SFT, as Llama 3 averages checkpoints
+# of its long-context annealing; stages that ended at different steps are not averaged) into
+# $WORK/cpt-128k-NAME, and every SFT_RECIPES run trains from it on GPU j mod NGPU for soup j, its outputs named
+# RECIPE-NAME like a variant's (SOUPS may name them). Session 27's plan: four orders, the soups of their pairs and
+# of all four, each on the GPU of a variant given no SFT by VARIANT_RECIPES.
 # SOUPS="NAME=RUN+RUN[+...];...": once the named SFT runs (RECIPE-VARIANT, e.g.
 # smollm2-135m-128k-sft-replay-l160s1) have ended, their final checkpoints averaged (`longreach average`, a model
 # soup of data orders; runs that ended at different steps are not averaged) into $WORK/soup-NAME, then its issue
@@ -111,6 +117,7 @@ SCRUB=${SCRUB:-}  # e.g. "San Francisco|best thing": each final SFT model's issu
 SCRUB_LENGTHS=${SCRUB_LENGTHS:-96000,128000}
 CPT128_PARALLEL=${CPT128_PARALLEL:-cp}
 SOUPS=${SOUPS:-}
+CPT_SOUPS=${CPT_SOUPS:-}
 SFT_EXTRA=${SFT_EXTRA:-1}
 LOGPROB_LENGTHS=${LOGPROB_LENGTHS:-}  # e.g. "32000,64000,96000,128000": NIAH scored by log-probability too
 # (the answer against 5 distractors, each also a needle in the context), for each final SFT model
@@ -254,22 +261,30 @@ sharper() {  # MODEL NAME WINDOW BASE EXTEND_FLAGS...: the model with its attent
     || echo "$name failed (see $a.log)" >> "$O/gpu.txt"
 }
 
-soup_run() {  # NAME RUNS GPU GPU2: once every SFT run in RUNS ("+"-joined) has ended, the average of their final
-  # checkpoints, its issue grid and perplexity on GPU, its grid in UNSEEN_HAYSTACK on GPU2
-  local name=$1 g=$3 g2=$4 r m ckpts=() runs a=$W/soup-$1
-  IFS=+ read -ra runs <<< "$2"
-  for r in "${runs[@]}"; do
-    until [ -e "$W/$r.final" ]; do sleep 5; done
-    m=$(cat "$W/$r.final")
-    if [ -z "$m" ]; then echo "soup $name: $r has no final checkpoint" >> "$O/gpu.txt"; return; fi
-    if [ ${#ckpts[@]} -gt 0 ] && [ "${m##*/}" != "${ckpts[0]##*/}" ]; then  # e.g. one stopped by the deadline
-      echo "soup $name: $r ended at ${m##*/}, ${runs[0]} at ${ckpts[0]##*/}: not averaged" >> "$O/gpu.txt"; return
+average_finals() {  # LABEL OUT LOG MARKER...: once every marker exists, the average of the checkpoints they name
+  # into OUT (log LOG; OUT ending in "/": OUT/STEP, the checkpoints' own folder name); fails, with a line in gpu.txt,
+  # if one names none or they end at different steps (e.g. one stopped by the deadline)
+  local label=$1 out=$2 log=$3 k m ckpts=(); shift 3
+  for k in "$@"; do
+    until [ -e "$k" ]; do sleep 5; done
+    m=$(cat "$k")
+    if [ -z "$m" ]; then echo "$label: ${k##*/} names no final checkpoint" >> "$O/gpu.txt"; return 1; fi
+    if [ ${#ckpts[@]} -gt 0 ] && [ "${m##*/}" != "${ckpts[0]##*/}" ]; then
+      echo "$label: ${k##*/} names ${m##*/}, ${1##*/} ${ckpts[0]##*/}: not averaged" >> "$O/gpu.txt"; return 1
     fi
     ckpts+=("$m")
   done
-  echo "soup $name: averaging ${ckpts[*]}" >> "$O/gpu.txt"
-  LR average "${ckpts[@]}" --out "$a" > "$W/eval/soup-$name-average.log" 2>&1 \
-    || { echo "soup $name failed (see eval/soup-$name-average.log)" >> "$O/gpu.txt"; return; }
+  [[ $out != */ ]] || out+=${ckpts[0]##*/}
+  echo "$label: averaging ${ckpts[*]}" >> "$O/gpu.txt"
+  LR average "${ckpts[@]}" --out "$out" > "$log" 2>&1 \
+    || { echo "$label failed (see ${log#"$W"/})" >> "$O/gpu.txt"; return 1; }
+}
+soup_run() {  # NAME RUNS GPU GPU2: once every SFT run in RUNS ("+"-joined) has ended, the average of their final
+  # checkpoints, its issue grid and perplexity on GPU, its grid in UNSEEN_HAYSTACK on GPU2
+  local name=$1 g=$3 g2=$4 r runs marks=() a=$W/soup-$1
+  IFS=+ read -ra runs <<< "$2"
+  for r in "${runs[@]}"; do marks+=("$W/$r.final"); done
+  average_finals "soup $name" "$a" "$W/eval/soup-$name-average.log" "${marks[@]}" || return
   if [ -n "$UNSEEN_HAYSTACK" ]; then
     (CUDA_VISIBLE_DEVICES=$g2 niah_gen "$a" "soup-$name-unseen" 16 "$L128" "${RING[@]}" \
       --haystack "$UNSEEN_HAYSTACK") &
@@ -280,6 +295,20 @@ soup_run() {  # NAME RUNS GPU GPU2: once every SFT run in RUNS ("+"-joined) has 
   long_curves "soup-$name" "$a"
   wait
   echo "soup $name: done" >> "$O/gpu.txt"
+}
+cpt_soup_run() {  # NAME VARIANTS GPU: once every 128K stage in VARIANTS ("+"-joined names) has ended, the average of
+  # their final checkpoints, then every SFT_RECIPES run from it on GPU, named RECIPE-NAME
+  local name=$1 g=$3 v vs marks=() r C st CPT128=$W/cpt-128k-$1  # sft_run starts from $CPT128's newest checkpoint
+  IFS=+ read -ra vs <<< "$2"
+  for v in "${vs[@]}"; do marks+=("$W/cpt-128k-$v.final"); done
+  rm -rf "$CPT128"
+  average_finals "cpt soup $name" "$CPT128/checkpoints/" "$W/eval/cpt-soup-$name-average.log" "${marks[@]}" \
+    || return
+  for r in $RECIPES; do
+    C=${r%%:*}; st=${r#"$C"}; st=${st#:}
+    sft_run "$C" "$st" "$g" "-$name" &
+  done
+  wait
 }
 
 if [ ${#VARIANTS[@]} -gt "$NGPU" ]; then
@@ -292,8 +321,8 @@ names=" "
 for e in "${VARIANTS[@]}"; do names+="${e%%:*} "; done
 IFS=';' read -ra vr <<< "$VARIANT_RECIPES"
 for e in "${vr[@]}"; do
-  if [[ $e != *=* || -z ${e#*=} ]]; then
-    echo "VARIANT_RECIPES entry '$e': NAME=CONFIG[:STEPS]..." >&2; exit 2
+  if [[ $e != *=* ]]; then
+    echo "VARIANT_RECIPES entry '$e': NAME=CONFIG[:STEPS]... (or NAME= for none)" >&2; exit 2
   fi
   case $names in
     *" ${e%%=*} "*) VARIANT_RECIPE["v:${e%%=*}"]=${e#*=} ;;
@@ -308,19 +337,30 @@ for e in "${VARIANTS[@]}"; do
   rl=$(recipes_of "${e%%:*}"); ALL_RECIPES+=" $rl"
   for r in $rl; do RUNS+="$(name_of "${r%%:*}")$(suffix "$e") "; done
 done
-IFS=';' read -ra SOUP_LIST <<< "$SOUPS"
-soup_names=" "
-for e in "${SOUP_LIST[@]}"; do
-  IFS=+ read -ra rs <<< "${e#*=}"
-  if [[ ! ${e%%=*} =~ ^[A-Za-z0-9_.-]+$ || $e != *=* || ${#rs[@]} -lt 2 || $e == *+ ]]; then
-    echo "SOUPS entry '$e': NAME=RUN+RUN[+...] (NAME of letters, digits, _ . -)" >&2; exit 2
-  fi
-  case $soup_names in *" ${e%%=*} "*) echo "SOUPS names ${e%%=*} twice" >&2; exit 2 ;; esac
-  soup_names+="${e%%=*} "
-  for r in "${rs[@]}"; do
-    case $RUNS in *" $r "*) ;; *) echo "SOUPS names $r, not an SFT run of this chain:$RUNS" >&2; exit 2 ;; esac
+check_soups() {  # SETTING TAKEN KNOWN PART NOUN ENTRY...: each "NAME=PART+PART[+...]" entry of SETTING has a new
+  # NAME (not in TAKEN, not twice) and at least two parts, each in KNOWN (a NOUN); exits 2 naming the entry otherwise
+  local what=$1 taken=$2 known=$3 kind=$4 noun=$5 e p ps; shift 5
+  for e in "$@"; do
+    IFS=+ read -ra ps <<< "${e#*=}"
+    if [[ ! ${e%%=*} =~ ^[A-Za-z0-9_.-]+$ || $e != *=* || ${#ps[@]} -lt 2 || $e == *+ ]]; then
+      echo "$what entry '$e': NAME=$kind+$kind[+...] (NAME of letters, digits, _ . -)" >&2; exit 2
+    fi
+    case $taken in *" ${e%%=*} "*) echo "$what name ${e%%=*} is taken (by a variant or an earlier entry)" >&2; exit 2 ;; esac
+    taken+="${e%%=*} "
+    for p in "${ps[@]}"; do
+      case $known in *" $p "*) ;; *) echo "$what names $p, not $noun:$known" >&2; exit 2 ;; esac
+    done
   done
+}
+IFS=';' read -ra CPT_SOUP_LIST <<< "$CPT_SOUPS"
+# a CPT soup's outputs are named like a variant's (RECIPE-NAME), so its name must be no variant's
+check_soups CPT_SOUPS "$names" "$names" VARIANT "a variant of CPT128_VARIANTS" "${CPT_SOUP_LIST[@]}"
+for e in "${CPT_SOUP_LIST[@]}"; do
+  ALL_RECIPES+=" $RECIPES"
+  for r in $RECIPES; do RUNS+="$(name_of "${r%%:*}")-${e%%=*} "; done
 done
+IFS=';' read -ra SOUP_LIST <<< "$SOUPS"
+check_soups SOUPS " " "$RUNS" RUN "an SFT run of this chain" "${SOUP_LIST[@]}"
 # A variant with NR recipes and VG >= 2 NR GPUs is SPARE: each recipe j has a GPU of its own (NR + j) that trains
 # no SFT for its extra grids, and the last GPU, where EVAL_CPT runs, trains none. (Written when a 128K grid at batch 16
 # would hold ~48 GB of KV cache: 30 layers x 3 KV heads x 64 x 2 x 2 bytes x 131,072 tokens x 16. The backend now
@@ -394,6 +434,8 @@ variant() {  # INDEX VARIANT: its 128K continued pretraining on its VG GPUs (i*V
     *:dp) par=$tset; tset+=" --set grad_accum=$VG" ;;
   esac
   CUDA_VISIBLE_DEVICES=$gpus multi train128 "$VG" "$O/gpu$x" "$TRAIN128_NAME" "$par" "$tset"
+  c=$(latest "$CPT128")  # for CPT_SOUPS: its final checkpoint, or none (the marker written whole, as sft_run's)
+  echo "$c" > "$W/cpt-128k$x.final.tmp"; mv -f "$W/cpt-128k$x.final.tmp" "$W/cpt-128k$x.final"
   for r in $rl; do
     C=${r%%:*}; st=${r#"$C"}; st=${st#:}
     sft_run "$C" "$st" $((g0 + j % VG)) "$x" $((spare ? g0 + nr + j : g0 + j % VG)) &
@@ -412,6 +454,11 @@ variant() {  # INDEX VARIANT: its 128K continued pretraining on its VG GPUs (i*V
 i=0
 for e in "${VARIANTS[@]}"; do
   variant $i "$e" &
+  i=$((i + 1))
+done
+i=0
+for e in "${CPT_SOUP_LIST[@]}"; do  # each waits for its variants' 128K stages
+  cpt_soup_run "${e%%=*}" "${e#*=}" $((i % NGPU)) &
   i=$((i + 1))
 done
 i=0

@@ -1,0 +1,56 @@
+"""scripts/gpu/milestone_b.sh refuses a malformed chain before any work: each bad entry of its variant, recipe and
+soup settings exits 2 with a message naming the entry, and leaves its work folder without a model or a log of a
+step (a hold's minutes are not spent on a chain that would fail half-way)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "gpu" / "milestone_b.sh"
+TWO = {"NGPU": "2", "CPT128_VARIANTS": "v1;v2"}
+
+
+def run_chain(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    full = {**os.environ, "WORK": str(tmp_path / "w"), "MB_OUT": str(tmp_path / "o"), "STAGE": str(tmp_path / "s"),
+            "PY": sys.executable, **env}
+    return subprocess.run(["bash", str(SCRIPT)], env=full, capture_output=True, text=True, timeout=60,
+                          check=False)  # the exit code is what the tests read
+
+
+@pytest.mark.parametrize("env,message", [
+    ({"CPT_SOUPS": "c12=v1"}, "CPT_SOUPS entry 'c12=v1'"),  # a soup of one
+    ({"CPT_SOUPS": "c13=v1+v3"}, "CPT_SOUPS names v3, not a variant of CPT128_VARIANTS"),
+    ({"CPT_SOUPS": "v1=v1+v2"}, "CPT_SOUPS name v1 is taken"),  # its outputs would be the variant's
+    ({"CPT_SOUPS": "c12=v1+v2;c12=v2+v1"}, "CPT_SOUPS name c12 is taken"),
+    ({"CPT_SOUPS": "c 12=v1+v2"}, "CPT_SOUPS entry 'c 12=v1+v2'"),
+    ({"VARIANT_RECIPES": "v1"}, "VARIANT_RECIPES entry 'v1'"),
+    ({"VARIANT_RECIPES": "v3=configs/smollm2-135m-128k-sft-replay.yaml"}, "VARIANT_RECIPES names v3"),
+    ({"SOUPS": "s12=smollm2-135m-128k-sft-replay-v1+smollm2-135m-128k-sft-replay-v3"},
+     "SOUPS names smollm2-135m-128k-sft-replay-v3, not an SFT run"),
+    ({"SOUPS": "s=smollm2-135m-128k-sft-replay-v1+smollm2-135m-128k-sft-replay-v2;s=smollm2-135m-128k-sft-replay-v1"
+               "+smollm2-135m-128k-sft-replay-v2"}, "SOUPS name s is taken"),
+    ({"VARIANT_RECIPES": "v1=", "SOUPS": "s12=smollm2-135m-128k-sft-replay-v1+smollm2-135m-128k-sft-replay-v2"},
+     "SOUPS names smollm2-135m-128k-sft-replay-v1, not an SFT run"),  # v1 trains none
+    ({"CPT128_VARIANTS": "v1::--set seed=1;v2"}, "CPT128_VARIANTS entry 'v1': --set among its extend flags"),
+    ({"CPT128_VARIANTS": "v1;v2;v3"}, "CPT128_VARIANTS has 3 variants for NGPU=2"),
+])
+def test_a_malformed_chain_is_refused_before_any_work(tmp_path, env, message):
+    done = run_chain(tmp_path, {**TWO, **env})
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert not (tmp_path / "o" / "gpu.txt").exists() and not list((tmp_path / "w").glob("*.log"))
+
+
+def test_a_cpt_soup_may_name_the_runs_it_trains_in_soups(tmp_path):
+    """The checks accept what the next hold runs: variants without SFT, CPT soups, and a SOUPS entry over the SFT runs
+    that the CPT soups train (the chain then starts: stopped here by an NGPU the 32K config cannot split)."""
+    good = {"VARIANT_RECIPES": "v1=", "CPT_SOUPS": "c12=v1+v2",
+            "SOUPS": "s=smollm2-135m-128k-sft-replay-c12+smollm2-135m-128k-sft-replay-v2"}
+    done = run_chain(tmp_path, {**good, "NGPU": "3", "CPT128_VARIANTS": "v1;v2"})
+    assert done.returncode == 2 and "not divisible by NGPU=3" in done.stderr, done.stderr

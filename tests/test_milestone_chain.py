@@ -54,3 +54,7 @@ def test_a_cpt_soup_may_name_the_runs_it_trains_in_soups(tmp_path):
             "SOUPS": "s=smollm2-135m-128k-sft-replay-c12+smollm2-135m-128k-sft-replay-v2"}
     done = run_chain(tmp_path, {**good, "NGPU": "3", "CPT128_VARIANTS": "v1;v2"})
     assert done.returncode == 2 and "not divisible by NGPU=3" in done.stderr, done.stderr
+    assert "beside the SFT" not in done.stderr  # c12 has GPU 0, whose variant v1 trains no SFT
+    good["VARIANT_RECIPES"] = ""  # now v1 trains the recipe on GPU 0 too: said, not refused
+    done = run_chain(tmp_path, {**good, "NGPU": "3", "CPT128_VARIANTS": "v1;v2", "SOUPS": ""})
+    assert "note: CPT soup c12 trains on GPU 0 beside the SFT of variant v1" in done.stderr, done.stderr

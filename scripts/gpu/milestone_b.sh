@@ -162,6 +162,8 @@ name_of() {  # CONFIG: the run's name (the session-4 run keeps its measured name
   echo "$t"
 }
 latest() { ls -d "$1"/checkpoints/step-* 2>/dev/null | sort | tail -1; }  # RUN: its newest checkpoint, or ""
+mark() { echo "$2" > "$1.tmp"; mv -f "$1.tmp" "$1"; }  # MARKER CHECKPOINT: written whole (a soup polls for it);
+# moved in place whatever the write did (a full disk leaves it empty, and the soup gives up instead of waiting)
 newest() {  # NAME: the newest SFT checkpoint's step, 0 before the first
   local m; m=$(latest "$W/$1/sft3")
   if [ -n "$m" ]; then echo $((10#${m##*-})); else echo 0; fi
@@ -223,9 +225,8 @@ sft_run() {  # CONFIG STEPS GPU SUFFIX [GPU2]: one 128K SFT (started once its da
     sleep 5
   done
   wait
-  m=$(latest "$W/$T/sft3")  # for SOUPS: its final checkpoint, or none, written whole (a soup polls for it); the
-  # marker appears even if the write fails (a full disk): then empty, and the soup gives up instead of waiting
-  echo "$m" > "$W/$T.final.tmp"; mv -f "$W/$T.final.tmp" "$W/$T.final"
+  m=$(latest "$W/$T/sft3")  # for SOUPS: its final checkpoint, or none
+  mark "$W/$T.final" "$m"
   [ -n "$m" ] || return
   n=$((10#${m##*-}))
   echo "$T: NIAH and perplexity of step $n" >> "$O/gpu.txt"
@@ -302,8 +303,10 @@ cpt_soup_run() {  # NAME VARIANTS GPU: once every 128K stage in VARIANTS ("+"-jo
   IFS=+ read -ra vs <<< "$2"
   for v in "${vs[@]}"; do marks+=("$W/cpt-128k-$v.final"); done
   rm -rf "$CPT128"
-  average_finals "cpt soup $name" "$CPT128/checkpoints/" "$W/eval/cpt-soup-$name-average.log" "${marks[@]}" \
-    || return
+  if ! average_finals "cpt soup $name" "$CPT128/checkpoints/" "$W/eval/cpt-soup-$name-average.log" "${marks[@]}"; then
+    for r in $RECIPES; do mark "$W/$(name_of "${r%%:*}")-$name.final" ""; done  # a SOUPS entry of them gives up
+    return
+  fi
   for r in $RECIPES; do
     C=${r%%:*}; st=${r#"$C"}; st=${st#:}
     sft_run "$C" "$st" "$g" "-$name" &
@@ -358,6 +361,15 @@ check_soups CPT_SOUPS "$names" "$names" VARIANT "a variant of CPT128_VARIANTS" "
 for e in "${CPT_SOUP_LIST[@]}"; do
   ALL_RECIPES+=" $RECIPES"
   for r in $RECIPES; do RUNS+="$(name_of "${r%%:*}")-${e%%=*} "; done
+done
+j=0
+for e in "${CPT_SOUP_LIST[@]}"; do  # soup j trains on GPU j mod NGPU: if a variant's SFT trains there too, both are
+  # slower (and may meet the deadline); said, not refused
+  g=$((j % NGPU)); k=$((g / VG))
+  if [ "$k" -lt ${#VARIANTS[@]} ] && [ -n "$(recipes_of "${VARIANTS[$k]%%:*}")" ]; then
+    echo "note: CPT soup ${e%%=*} trains on GPU $g beside the SFT of variant ${VARIANTS[$k]%%:*}" >&2
+  fi
+  j=$((j + 1))
 done
 IFS=';' read -ra SOUP_LIST <<< "$SOUPS"
 check_soups SOUPS " " "$RUNS" RUN "an SFT run of this chain" "${SOUP_LIST[@]}"
@@ -434,8 +446,8 @@ variant() {  # INDEX VARIANT: its 128K continued pretraining on its VG GPUs (i*V
     *:dp) par=$tset; tset+=" --set grad_accum=$VG" ;;
   esac
   CUDA_VISIBLE_DEVICES=$gpus multi train128 "$VG" "$O/gpu$x" "$TRAIN128_NAME" "$par" "$tset"
-  c=$(latest "$CPT128")  # for CPT_SOUPS: its final checkpoint, or none (the marker written whole, as sft_run's)
-  echo "$c" > "$W/cpt-128k$x.final.tmp"; mv -f "$W/cpt-128k$x.final.tmp" "$W/cpt-128k$x.final"
+  c=$(latest "$CPT128")  # for CPT_SOUPS: its final checkpoint, or none
+  mark "$W/cpt-128k$x.final" "$c"
   for r in $rl; do
     C=${r%%:*}; st=${r#"$C"}; st=${st#:}
     sft_run "$C" "$st" $((g0 + j % VG)) "$x" $((spare ? g0 + nr + j : g0 + j % VG)) &

@@ -1,10 +1,12 @@
 """scripts/gpu/milestone_b.sh refuses a malformed chain before any work: each bad entry of its variant, recipe and
 soup settings exits 2 with a message naming the entry, and leaves its work folder without a model or a log of a
-step (a hold's minutes are not spent on a chain that would fail half-way)."""
+step (a hold's minutes are not spent on a chain that would fail half-way); and a chain whose every step fails still
+reaches its end marker, saying why, rather than waiting for checkpoints that never come."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +18,19 @@ SCRIPT = ROOT / "scripts" / "gpu" / "milestone_b.sh"
 TWO = {"NGPU": "2", "CPT128_VARIANTS": "v1;v2"}
 
 
-def run_chain(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+def run_chain(tmp_path: Path, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """The chain in a session of its own: on a timeout its background jobs are killed with it, not left behind."""
     full = {**os.environ, "WORK": str(tmp_path / "w"), "MB_OUT": str(tmp_path / "o"), "STAGE": str(tmp_path / "s"),
             "PY": sys.executable, **env}
-    return subprocess.run(["bash", str(SCRIPT)], env=full, capture_output=True, text=True, timeout=60,
-                          check=False)  # the exit code is what the tests read
+    with subprocess.Popen(["bash", str(SCRIPT)], env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, start_new_session=True) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.mark.parametrize("env,message", [
@@ -58,3 +68,18 @@ def test_a_cpt_soup_may_name_the_runs_it_trains_in_soups(tmp_path):
     good["VARIANT_RECIPES"] = ""  # now v1 trains the recipe on GPU 0 too: said, not refused
     done = run_chain(tmp_path, {**good, "NGPU": "3", "CPT128_VARIANTS": "v1;v2", "SOUPS": ""})
     assert "note: CPT soup c12 trains on GPU 0 beside the SFT of variant v1" in done.stderr, done.stderr
+
+
+def test_a_chain_whose_steps_all_fail_still_ends_and_says_why(tmp_path):
+    """Every command failing (a python that exits 1): each 128K stage writes an empty marker, the CPT soup cannot
+    average and writes its SFT run's marker empty, so the SOUPS entry naming that run gives up too; the chain reaches
+    `.done` instead of waiting for checkpoints that will never come (the hang a review found in session 27)."""
+    env = {**TWO, "PY": "false", "VARIANT_RECIPES": "v1=", "CPT_SOUPS": "c12=v1+v2",
+           "SOUPS": "s=smollm2-135m-128k-sft-replay-c12+smollm2-135m-128k-sft-replay-v2"}
+    done = run_chain(tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "o"
+    assert (out / ".done").exists()
+    said = (out / "gpu.txt").read_text()
+    assert "cpt soup c12: cpt-128k-v1.final names no final checkpoint" in said
+    assert "soup s: smollm2-135m-128k-sft-replay-c12.final names no final checkpoint" in said

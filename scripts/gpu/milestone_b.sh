@@ -358,13 +358,12 @@ check_soups() {  # SETTING TAKEN KNOWN PART NOUN ENTRY...: each "NAME=PART+PART[
 IFS=';' read -ra CPT_SOUP_LIST <<< "$CPT_SOUPS"
 # a CPT soup's outputs are named like a variant's (RECIPE-NAME), so its name must be no variant's
 check_soups CPT_SOUPS "$names" "$names" VARIANT "a variant of CPT128_VARIANTS" "${CPT_SOUP_LIST[@]}"
-for e in "${CPT_SOUP_LIST[@]}"; do
-  ALL_RECIPES+=" $RECIPES"
-  for r in $RECIPES; do RUNS+="$(name_of "${r%%:*}")-${e%%=*} "; done
-done
+[ ${#CPT_SOUP_LIST[@]} -eq 0 ] || ALL_RECIPES+=" $RECIPES"  # the soups train SFT_RECIPES: their data are made
 j=0
-for e in "${CPT_SOUP_LIST[@]}"; do  # soup j trains on GPU j mod NGPU: if a variant's SFT trains there too, both are
-  # slower (and may meet the deadline); said, not refused
+for e in "${CPT_SOUP_LIST[@]}"; do
+  for r in $RECIPES; do RUNS+="$(name_of "${r%%:*}")-${e%%=*} "; done
+  # soup j trains on GPU j mod NGPU: if a variant's SFT trains there too, both are slower (and may meet the
+  # deadline); said, not refused
   g=$((j % NGPU)); k=$((g / VG))
   if [ "$k" -lt ${#VARIANTS[@]} ] && [ -n "$(recipes_of "${VARIANTS[$k]%%:*}")" ]; then
     echo "note: CPT soup ${e%%=*} trains on GPU $g beside the SFT of variant ${VARIANTS[$k]%%:*}" >&2

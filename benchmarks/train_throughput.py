@@ -18,7 +18,9 @@ clip, fused AdamW, fp32 master weights + bf16 autocast) with options ac=off|full
 checkpointing, default full; attn = keep attention outputs, recompute the rest), compile=0|1, loss=chunked|liger, chunk=N (loss chunk tokens, 4096),
 sdpa=auto|cudnn|flash|efficient|math, attn=sdpa|flex, docs=N (packed documents of mean length N with a
 document mask; needs attn=flex), offload=0|1 (layer inputs in pinned CPU memory; with ac=full), seqs=N
-(sequences per step, default: one per data-parallel rank).
+(sequences per step, default: one per data-parallel rank), det=0|1 (torch's deterministic algorithms for the whole
+job, as a training config's `deterministic: true`: its cost, and whether two jobs repeat each other's losses, which
+every result lists).
 
 A parent process (no torch) hands jobs one at a time to a worker process (or a torchrun group) through files
 in a queue folder, so an out-of-memory error, a CUDA fault, a hang or the time budget ends one configuration,
@@ -373,7 +375,7 @@ def parse_variant(spec: str) -> dict:
     if name not in ("hf", "ours"):
         raise ValueError(f"unknown variant {spec!r}: hf[:...] or ours[:...]")
     opts = {"name": name, "ac": "full", "compile": 0, "loss": "chunked", "chunk": 4096, "sdpa": "auto",
-            "attn": "sdpa", "docs": 0, "offload": 0, "seqs": 0}
+            "attn": "sdpa", "docs": 0, "offload": 0, "seqs": 0, "det": 0}
     for kv in filter(None, rest.split(",")):
         k, _, v = kv.partition("=")
         if k not in opts or k == "name":
@@ -381,6 +383,8 @@ def parse_variant(spec: str) -> dict:
         opts[k] = v if k in ("ac", "loss", "sdpa", "attn") else int(v)
     if opts["docs"] and opts["attn"] != "flex":
         raise ValueError("docs=N (document mask) needs attn=flex: sdpa would build a dense T x T mask")
+    if opts["det"] and opts["attn"] == "fa4":
+        raise ValueError("det=1 with attn=fa4: its backward is not run in a deterministic mode here")
     return opts
 
 
@@ -458,6 +462,13 @@ def _oom(e: BaseException) -> bool:
 
 
 def run_job(job: dict) -> dict:
+    from longreach.train.loop import deterministic_mode
+
+    with deterministic_mode(bool(parse_variant(job["variant"])["det"])):
+        return _run_job(job)
+
+
+def _run_job(job: dict) -> dict:
     import torch
     from transformers import LlamaForCausalLM
 
@@ -589,7 +600,8 @@ def run_job(job: dict) -> dict:
             "hw_flops_per_step": hw_flops, "mfu": model_flops / (step_s * n_gpu * peak_flops),
             "hfu": hw_flops / (step_s * n_gpu * peak_flops), "tflops_per_gpu": model_flops / step_s / n_gpu / 1e12,
             "peak_mem_gib": peak, "reserved_gib": reserved, "device_mem_gib": device_mem,
-            "loss_first": losses[0], "loss_last": losses[-1],
+            "loss_first": losses[0], "loss_last": losses[-1], "losses": losses,
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
             "attn_impl": lm.config._attn_implementation, "n_docs": len(docs) or None, "profile": prof,
             "env": _env(d)}
 

@@ -48,6 +48,17 @@ def test_toy_run_times_both_trainers_and_finds_the_longest(tmp_path):
     assert "| tiny (2 layers) | 1 | 64 | hf | yes |" in stdout
 
 
+def test_det_runs_a_job_under_deterministic_algorithms_and_lists_its_losses(tmp_path):
+    """det=1 (what a GPU hold times against the default) trains the whole job with torch's deterministic algorithms
+    on, and only that job; each result lists every step's loss, so two jobs can be checked for repeating each other."""
+    report, _ = _run(tmp_path, "--lengths", "64", "--variants", "ours:ac=attn,det=1;ours:ac=attn;ours:ac=attn,det=1")
+    det, plain, det2 = report["results"]
+    assert [r["deterministic"] for r in (det, plain, det2)] == [True, False, True]
+    assert len(det["losses"]) == 3 and det["losses"] == det2["losses"]  # warm-up step + 2 timed
+    with pytest.raises(ValueError, match="det=1 with attn=fa4"):
+        bench.parse_variant("ours:attn=fa4,det=1")
+
+
 def test_flop_formula_matches_pytorch_flop_counter():
     """FlopCounterMode counts every matmul of forward + backward; with the math SDPA kernel it counts the full
     T x T attention, so it must equal our formula with the causal half doubled back."""

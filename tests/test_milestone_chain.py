@@ -5,6 +5,7 @@ reaches its end marker, saying why, rather than waiting for checkpoints that nev
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -83,3 +84,57 @@ def test_a_chain_whose_steps_all_fail_still_ends_and_says_why(tmp_path):
     said = (out / "gpu.txt").read_text()
     assert "cpt soup c12: cpt-128k-v1.final names no final checkpoint" in said
     assert "soup s: smollm2-135m-128k-sft-replay-c12.final names no final checkpoint" in said
+
+
+FAKE_PY = '''#!{real}
+import json, os, sys
+from pathlib import Path
+
+args = sys.argv[1:]
+if args[:2] not in (["-m", "longreach.cli"], ["-m", "torch.distributed.run"]):
+    os.execv({real!r}, [{real!r}, *args])  # the chain's one-liners (-c, -): the real interpreter
+cli = args[args.index("longreach.cli") + 1:]  # torchrun's own flags come before it
+with open({log!r}, "a") as f:
+    f.write(json.dumps(cli) + "\\n")
+sets = [cli[k + 1] for k, a in enumerate(cli[:-1]) if a == "--set"]
+out = cli[cli.index("--out") + 1] if "--out" in cli else next((s[4:] for s in sets if s.startswith("out=")), None)
+if cli[0] == "sft" and "--prepare-only" in cli:
+    Path(out).mkdir(parents=True, exist_ok=True)  # the pipeline touches OUT/.done itself
+elif cli[0] in ("train", "sft"):  # a final checkpoint where the next step looks for one (latest, need_ckpt)
+    ckpt = Path(out) / ("sft3" if cli[0] == "sft" else "") / "checkpoints" / "step-000072"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    (ckpt / "config.json").write_text(json.dumps({{"rope_theta": 1e9, "max_position_embeddings": 131072}}))
+'''
+
+
+def test_a_deterministic_variant_trains_its_sfts_deterministic_the_other_not(tmp_path):
+    """The whole chain (NGPU=2, two variants of one seed, one recipe) with a python whose `longreach` commands only
+    log their arguments and leave the checkpoints the next step looks for: the variant whose training flags hold
+    `--set deterministic=true` passes `--set train.deterministic=true` to its SFT too (a deterministic variant is
+    one end to end, so two such runs of one seed can repeat each other), and the variant without it does not (the
+    flag is that variant's, not the chain's: variant() sets it for its own SFTs only)."""
+    log = tmp_path / "argv.jsonl"
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PY.format(real=sys.executable, log=str(log)))
+    fake.chmod(0o755)
+    env = {"NGPU": "2", "PY": str(fake), "CPT128_VARIANTS": "d:::--set deterministic=true --set seed=5;m:::--set seed=5",
+           "SFT_RECIPES": "configs/smollm2-135m-128k-sft-replay.yaml:72", "CPT_PPL": "0", "PPL_CONTEXT": "",
+           "PROBE_LENGTHS": "", "SFT_EXTRA": "0"}
+    done = run_chain(tmp_path, env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "o" / ".done").exists()
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+
+    def call(command: str, out: Path) -> list[str]:
+        """The one `longreach COMMAND` (not a --prepare-only) that writes OUT (`--out OUT` or `--set out=OUT`)."""
+        found = [c for c in calls if c[0] == command and "--prepare-only" not in c
+                 and (f"out={out}" in c or ["--out", str(out)] in [c[k:k + 2] for k in range(len(c))])]
+        assert len(found) == 1, (command, out, calls)
+        return found[0]
+
+    w = tmp_path / "w"
+    assert "deterministic=true" in call("train", w / "cpt-128k-d")  # sanity: d's 128K stage is the deterministic one
+    assert "deterministic=true" not in call("train", w / "cpt-128k-m")
+    sft_d = call("sft", w / "smollm2-135m-128k-sft-replay-d")
+    assert "train.deterministic=true" in sft_d and sft_d[sft_d.index("train.deterministic=true") - 1] == "--set"
+    assert "train.deterministic=true" not in call("sft", w / "smollm2-135m-128k-sft-replay-m")

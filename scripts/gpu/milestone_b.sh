@@ -88,8 +88,9 @@ NGPU=${NGPU:-1}
 SFT_STOP=${SFT_STOP:-0}
 SFT_HALF=${SFT_HALF:-0}  # > 0: an interim NIAH of the first checkpoint at or after this step, beside the SFT
 SFT_SAVE=${SFT_SAVE:-27}
-SFT_TRAIN_SET=${SFT_TRAIN_SET:-}  # more `--set` for every 128K SFT, e.g. "--set train.deterministic=true" (with
-# "--set deterministic=true" in a CPT128_VARIANTS entry: that variant's 128K stage and SFT deterministic)
+SFT_TRAIN_SET=${SFT_TRAIN_SET:-}  # more `--set` for every 128K SFT. A variant whose training flags (CPT128_SET and
+# its third field) hold "--set deterministic=true" trains its SFTs with "--set train.deterministic=true" too: that
+# variant is deterministic end to end, the others not (two such variants of one seed should repeat each other)
 SFT_DEADLINE_S=${SFT_DEADLINE_S:-0}
 EVAL_CPT=${EVAL_CPT:-0}
 CPT_PPL=${CPT_PPL:-1}  # 0: no perplexity (nor probe) of the 128K continued-pretraining models beside the SFT
@@ -439,6 +440,8 @@ variant() {  # INDEX VARIANT: its 128K continued pretraining on its VG GPUs (i*V
   EXTEND128_ARGS=$(field "$2" 2) OUT=$O/gpu$x bash $P extend128 >> "$O/gpu$x.txt" 2>&1
   until [ -e "$O/.prepare128$x" ]; do sleep 5; done
   tset="${CPT128_SET:-} $(field "$2" 3)"  # e.g. "--set max_steps=120"
+  local SFT_TRAIN_SET=$SFT_TRAIN_SET  # a deterministic 128K stage: its SFTs too (sft_run reads this one)
+  case " $tset " in *" deterministic=true "*) SFT_TRAIN_SET+=" --set train.deterministic=true" ;; esac
   case $VG:$CPT128_PARALLEL in  # the set on VG GPUs, then the one-GPU fallback's (the same sequences per step)
     1:*) par=$tset ;;
     *:cp) par="--set context_parallel=$VG $tset" ;;

@@ -80,6 +80,9 @@ class Runner:
         self.stop()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         env.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # long sequences fragment memory
+        # det=1 jobs need cuBLAS's fixed workspace, and torch reads the setting once, at a worker's first matmul,
+        # which may be a default job's: every worker starts with it (on Hopper the default workspace is as large)
+        env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         src = str(HERE.parents[1] / "src")
         env["PYTHONPATH"] = os.pathsep.join([src, env["PYTHONPATH"]]) if env.get("PYTHONPATH") else src
         cmd = [sys.executable, str(HERE), "--worker", str(self.queue), "--first-job", str(self.n)]

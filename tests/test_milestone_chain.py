@@ -5,6 +5,7 @@ reaches its end marker, saying why, rather than waiting for checkpoints that nev
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -100,41 +101,65 @@ sets = [cli[k + 1] for k, a in enumerate(cli[:-1]) if a == "--set"]
 out = cli[cli.index("--out") + 1] if "--out" in cli else next((s[4:] for s in sets if s.startswith("out=")), None)
 if cli[0] == "sft" and "--prepare-only" in cli:
     Path(out).mkdir(parents=True, exist_ok=True)  # the pipeline touches OUT/.done itself
-elif cli[0] in ("train", "sft"):  # a final checkpoint where the next step looks for one (latest, need_ckpt)
-    ckpt = Path(out) / ("sft3" if cli[0] == "sft" else "") / "checkpoints" / "step-000072"
+elif cli[0] in ("train", "sft", "average"):  # a final checkpoint where the next step looks for one (need_ckpt)
+    ckpt = Path(out)  # average: --out is the checkpoint itself
+    if cli[0] != "average":
+        ckpt = ckpt / ("sft3" if cli[0] == "sft" else "") / "checkpoints" / "step-000072"
     ckpt.mkdir(parents=True, exist_ok=True)
     (ckpt / "config.json").write_text(json.dumps({{"rope_theta": 1e9, "max_position_embeddings": 131072}}))
 '''
 
 
-def test_a_deterministic_variant_trains_its_sfts_deterministic_the_other_not(tmp_path):
-    """The whole chain (NGPU=2, two variants of one seed, one recipe) with a python whose `longreach` commands only
-    log their arguments and leave the checkpoints the next step looks for: the variant whose training flags hold
-    `--set deterministic=true` passes `--set train.deterministic=true` to its SFT too (a deterministic variant is
-    one end to end, so two such runs of one seed can repeat each other), and the variant without it does not (the
-    flag is that variant's, not the chain's: variant() sets it for its own SFTs only)."""
+def logged_chain(tmp_path: Path, env: dict[str, str]) -> tuple[list[list[str]], Path]:
+    """The whole chain with a python whose `longreach` commands only log their arguments and leave the checkpoints
+    the next step looks for: every command's arguments, and the work folder."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     log = tmp_path / "argv.jsonl"
     fake = tmp_path / "python"
     fake.write_text(FAKE_PY.format(real=sys.executable, log=str(log)))
     fake.chmod(0o755)
-    env = {"NGPU": "2", "PY": str(fake), "CPT128_VARIANTS": "d:::--set deterministic=true --set seed=5;m:::--set seed=5",
-           "SFT_RECIPES": "configs/smollm2-135m-128k-sft-replay.yaml:72", "CPT_PPL": "0", "PPL_CONTEXT": "",
-           "PROBE_LENGTHS": "", "SFT_EXTRA": "0"}
-    done = run_chain(tmp_path, env, timeout=120)
+    base = {"NGPU": "2", "PY": str(fake), "SFT_RECIPES": "configs/smollm2-135m-128k-sft-replay.yaml:72",
+            "CPT_PPL": "0", "PPL_CONTEXT": "", "PROBE_LENGTHS": "", "SFT_EXTRA": "0"}
+    done = run_chain(tmp_path, {**base, **env}, timeout=120)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "o" / ".done").exists()
-    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    return [json.loads(line) for line in log.read_text().splitlines()], tmp_path / "w"
 
-    def call(command: str, out: Path) -> list[str]:
-        """The one `longreach COMMAND` (not a --prepare-only) that writes OUT (`--out OUT` or `--set out=OUT`)."""
-        found = [c for c in calls if c[0] == command and "--prepare-only" not in c
-                 and (f"out={out}" in c or ["--out", str(out)] in [c[k:k + 2] for k in range(len(c))])]
-        assert len(found) == 1, (command, out, calls)
-        return found[0]
 
-    w = tmp_path / "w"
-    assert "deterministic=true" in call("train", w / "cpt-128k-d")  # sanity: d's 128K stage is the deterministic one
-    assert "deterministic=true" not in call("train", w / "cpt-128k-m")
-    sft_d = call("sft", w / "smollm2-135m-128k-sft-replay-d")
-    assert "train.deterministic=true" in sft_d and sft_d[sft_d.index("train.deterministic=true") - 1] == "--set"
-    assert "train.deterministic=true" not in call("sft", w / "smollm2-135m-128k-sft-replay-m")
+def call(calls: list[list[str]], command: str, out: Path) -> list[str]:
+    """The one `longreach COMMAND` (not a --prepare-only) that writes OUT (`--out OUT` or `--set out=OUT`)."""
+    found = [c for c in calls if c[0] == command and "--prepare-only" not in c
+             and (f"out={out}" in c or ["--out", str(out)] in [c[k:k + 2] for k in range(len(c))])]
+    assert len(found) == 1, (command, out, calls)
+    return found[0]
+
+
+def sft_is_deterministic(sft: list[str]) -> bool:
+    return any(a == "--set" and b == "train.deterministic=true" for a, b in itertools.pairwise(sft))
+
+
+@pytest.mark.parametrize("flags,deterministic", [
+    ("--set deterministic=true --set seed=5", True),
+    ("--set deterministic=1 --set seed=5", True),  # as TrainConfig reads it (yaml): 1, yes, on, True count
+    ("--set deterministic=true --set deterministic=false --set seed=5", False),  # the last flag wins, as in training
+])
+def test_a_deterministic_variant_trains_its_sfts_deterministic_the_other_not(tmp_path, flags, deterministic):
+    """Two variants of one seed, one recipe: the variant whose training flags make its 128K stage deterministic
+    passes `--set train.deterministic=true` to its SFT too (a deterministic variant is one from the shared 32K model
+    on, so two such runs of one seed can repeat each other), and the variant without it does not (the flag is that
+    variant's, not the chain's: variant() sets it for its own SFTs only)."""
+    calls, w = logged_chain(tmp_path, {"CPT128_VARIANTS": f"d:::{flags};m:::--set seed=5"})
+    assert "deterministic=true" not in call(calls, "train", w / "cpt-128k-m")
+    assert sft_is_deterministic(call(calls, "sft", w / "smollm2-135m-128k-sft-replay-d")) is deterministic
+    assert not sft_is_deterministic(call(calls, "sft", w / "smollm2-135m-128k-sft-replay-m"))
+
+
+def test_a_cpt_soup_of_deterministic_variants_trains_a_deterministic_sft(tmp_path):
+    """A CPT soup's SFT is deterministic when every variant it averages is, not when one of them is not."""
+    det = "--set deterministic=true --set seed=5"
+    calls, w = logged_chain(tmp_path, {"CPT128_VARIANTS": f"d1:::{det};d2:::{det}", "VARIANT_RECIPES": "d1=;d2=",
+                                       "CPT_SOUPS": "c12=d1+d2"})
+    assert sft_is_deterministic(call(calls, "sft", w / "smollm2-135m-128k-sft-replay-c12"))
+    calls, w = logged_chain(tmp_path / "mixed", {"CPT128_VARIANTS": f"d1:::{det};m2:::--set seed=5",
+                                                  "VARIANT_RECIPES": "d1=;m2=", "CPT_SOUPS": "c12=d1+m2"})
+    assert not sft_is_deterministic(call(calls, "sft", w / "smollm2-135m-128k-sft-replay-c12"))

@@ -89,8 +89,9 @@ SFT_STOP=${SFT_STOP:-0}
 SFT_HALF=${SFT_HALF:-0}  # > 0: an interim NIAH of the first checkpoint at or after this step, beside the SFT
 SFT_SAVE=${SFT_SAVE:-27}
 SFT_TRAIN_SET=${SFT_TRAIN_SET:-}  # more `--set` for every 128K SFT. A variant whose training flags (CPT128_SET and
-# its third field) hold "--set deterministic=true" trains its SFTs with "--set train.deterministic=true" too: that
-# variant is deterministic end to end, the others not (two such variants of one seed should repeat each other)
+# its third field) make its 128K stage deterministic ("--set deterministic=true"; the last such flag wins) trains its
+# SFTs with "--set train.deterministic=true" too, as does a CPT soup of such variants only: deterministic from the
+# shared 32K model on (that stage is not), so two such variants of one seed in one hold should repeat each other
 SFT_DEADLINE_S=${SFT_DEADLINE_S:-0}
 EVAL_CPT=${EVAL_CPT:-0}
 CPT_PPL=${CPT_PPL:-1}  # 0: no perplexity (nor probe) of the 128K continued-pretraining models beside the SFT
@@ -300,9 +301,16 @@ soup_run() {  # NAME RUNS GPU GPU2: once every SFT run in RUNS ("+"-joined) has 
 }
 cpt_soup_run() {  # NAME VARIANTS GPU: once every 128K stage in VARIANTS ("+"-joined names) has ended, the average of
   # their final checkpoints, then every SFT_RECIPES run from it on GPU, named RECIPE-NAME
-  local name=$1 g=$3 v vs marks=() r C st CPT128=$W/cpt-128k-$1  # sft_run starts from $CPT128's newest checkpoint
+  local name=$1 g=$3 v e vs marks=() r C st CPT128=$W/cpt-128k-$1  # sft_run starts from $CPT128's newest checkpoint
+  local SFT_TRAIN_SET=$SFT_TRAIN_SET det=1  # a soup of deterministic stages only: its SFTs deterministic too
   IFS=+ read -ra vs <<< "$2"
-  for v in "${vs[@]}"; do marks+=("$W/cpt-128k-$v.final"); done
+  for v in "${vs[@]}"; do
+    marks+=("$W/cpt-128k-$v.final")
+    for e in "${VARIANTS[@]}"; do
+      [ "${e%%:*}" != "$v" ] || [ -n "$(deterministic_of "$(train_flags "$e")")" ] || det=
+    done
+  done
+  [ -z "$det" ] || SFT_TRAIN_SET+=" --set train.deterministic=true"
   rm -rf "$CPT128"
   if ! average_finals "cpt soup $name" "$CPT128/checkpoints/" "$W/eval/cpt-soup-$name-average.log" "${marks[@]}"; then
     for r in $RECIPES; do mark "$W/$(name_of "${r%%:*}")-$name.final" ""; done  # a SOUPS entry of them gives up
@@ -382,6 +390,13 @@ ga=$($PY -c "import yaml; print(yaml.safe_load(open('configs/smollm2-135m-32k.ya
 if [ $((ga % NGPU)) -ne 0 ]; then
   echo "grad_accum $ga of configs/smollm2-135m-32k.yaml is not divisible by NGPU=$NGPU" >&2; exit 2
 fi
+train_flags() { echo "${CPT128_SET:-} $(field "$1" 3)"; }  # VARIANT: its training flags, CPT128_SET's first
+deterministic_of() {  # FLAGS: "1" if the last deterministic=V among them is true as TrainConfig reads it (true, 1,
+  # yes, on, any case), else ""; a deterministic 128K stage trains its SFTs deterministic too
+  local w det= ws; read -ra ws <<< "$1"
+  for w in "${ws[@]}"; do case $w in deterministic=*|--set=deterministic=*) det=${w#*deterministic=} ;; esac; done
+  case ${det,,} in 1|true|yes|on) echo 1 ;; esac
+}
 field() {  # VARIANT N: its N-th ":" field (1: prepare flags, 2: extend flags, 3: train flags, the rest of the
   # entry: it may hold ":" itself, e.g. a path)
   local rest=${1#"${1%%:*}"} k; rest=${rest#:}
@@ -439,9 +454,9 @@ variant() {  # INDEX VARIANT: its 128K continued pretraining on its VG GPUs (i*V
   gpus=$(seq -s, "$g0" "$gl")
   EXTEND128_ARGS=$(field "$2" 2) OUT=$O/gpu$x bash $P extend128 >> "$O/gpu$x.txt" 2>&1
   until [ -e "$O/.prepare128$x" ]; do sleep 5; done
-  tset="${CPT128_SET:-} $(field "$2" 3)"  # e.g. "--set max_steps=120"
+  tset=$(train_flags "$2")  # e.g. "--set max_steps=120"
   local SFT_TRAIN_SET=$SFT_TRAIN_SET  # a deterministic 128K stage: its SFTs too (sft_run reads this one)
-  case " $tset " in *" deterministic=true "*) SFT_TRAIN_SET+=" --set train.deterministic=true" ;; esac
+  [ -z "$(deterministic_of "$tset")" ] || SFT_TRAIN_SET+=" --set train.deterministic=true"
   case $VG:$CPT128_PARALLEL in  # the set on VG GPUs, then the one-GPU fallback's (the same sequences per step)
     1:*) par=$tset ;;
     *:cp) par="--set context_parallel=$VG $tset" ;;

@@ -301,16 +301,10 @@ soup_run() {  # NAME RUNS GPU GPU2: once every SFT run in RUNS ("+"-joined) has 
 }
 cpt_soup_run() {  # NAME VARIANTS GPU: once every 128K stage in VARIANTS ("+"-joined names) has ended, the average of
   # their final checkpoints, then every SFT_RECIPES run from it on GPU, named RECIPE-NAME
-  local name=$1 g=$3 v e vs marks=() r C st CPT128=$W/cpt-128k-$1  # sft_run starts from $CPT128's newest checkpoint
-  local SFT_TRAIN_SET=$SFT_TRAIN_SET det=1  # a soup of deterministic stages only: its SFTs deterministic too
+  local name=$1 g=$3 v vs marks=() r C st CPT128=$W/cpt-128k-$1  # sft_run starts from $CPT128's newest checkpoint
   IFS=+ read -ra vs <<< "$2"
-  for v in "${vs[@]}"; do
-    marks+=("$W/cpt-128k-$v.final")
-    for e in "${VARIANTS[@]}"; do
-      [ "${e%%:*}" != "$v" ] || [ -n "$(deterministic_of "$(train_flags "$e")")" ] || det=
-    done
-  done
-  [ -z "$det" ] || SFT_TRAIN_SET+=" --set train.deterministic=true"
+  for v in "${vs[@]}"; do marks+=("$W/cpt-128k-$v.final"); done
+  local SFT_TRAIN_SET=$SFT_TRAIN_SET$(det_sft_set "${vs[@]}")  # sft_run reads this one
   rm -rf "$CPT128"
   if ! average_finals "cpt soup $name" "$CPT128/checkpoints/" "$W/eval/cpt-soup-$name-average.log" "${marks[@]}"; then
     for r in $RECIPES; do mark "$W/$(name_of "${r%%:*}")-$name.final" ""; done  # a SOUPS entry of them gives up
@@ -392,7 +386,7 @@ if [ $((ga % NGPU)) -ne 0 ]; then
 fi
 train_flags() { echo "${CPT128_SET:-} $(field "$1" 3)"; }  # VARIANT: its training flags, CPT128_SET's first
 deterministic_of() {  # FLAGS: "1" if the last deterministic=V among them is true as TrainConfig reads it (true, 1,
-  # yes, on, any case), else ""; a deterministic 128K stage trains its SFTs deterministic too
+  # yes, on, any case), else ""
   local w det= ws; read -ra ws <<< "$1"
   for w in "${ws[@]}"; do case $w in deterministic=*|--set=deterministic=*) det=${w#*deterministic=} ;; esac; done
   case ${det,,} in 1|true|yes|on) echo 1 ;; esac
@@ -410,6 +404,13 @@ for e in "${VARIANTS[@]}"; do  # `longreach extend` takes no --set: a variant th
       "flags are the third: NAME:PREPARE_ARGS:EXTEND_ARGS:--set k=v" >&2; exit 2 ;;
   esac
 done
+declare -A DET  # "v:NAME" -> 1 when that variant's 128K stage is deterministic, read once
+for e in "${VARIANTS[@]}"; do DET["v:${e%%:*}"]=$(deterministic_of "$(train_flags "$e")"); done
+det_sft_set() {  # VARIANT_NAME...: the SFT flag if every named variant's 128K stage is deterministic (a variant's
+  # SFTs, and a CPT soup's of such variants only, are deterministic too), else ""
+  local v; for v in "$@"; do [ -n "${DET["v:$v"]-}" ] || return 0; done
+  echo " --set train.deterministic=true"
+}
 rm -f "$O"/.prepare128* "$O/.done" "$W"/*.final  # markers of an earlier run
 for e in "${VARIANTS[@]}"; do  # the corpus packed at 128K, once per variant (CPU only, beside the 32K stage)
   x=$(suffix "$e"); a=$(field "$e" 1)
@@ -455,8 +456,7 @@ variant() {  # INDEX VARIANT: its 128K continued pretraining on its VG GPUs (i*V
   EXTEND128_ARGS=$(field "$2" 2) OUT=$O/gpu$x bash $P extend128 >> "$O/gpu$x.txt" 2>&1
   until [ -e "$O/.prepare128$x" ]; do sleep 5; done
   tset=$(train_flags "$2")  # e.g. "--set max_steps=120"
-  local SFT_TRAIN_SET=$SFT_TRAIN_SET  # a deterministic 128K stage: its SFTs too (sft_run reads this one)
-  [ -z "$(deterministic_of "$tset")" ] || SFT_TRAIN_SET+=" --set train.deterministic=true"
+  local SFT_TRAIN_SET=$SFT_TRAIN_SET$(det_sft_set "${2%%:*}")  # sft_run reads this one
   case $VG:$CPT128_PARALLEL in  # the set on VG GPUs, then the one-GPU fallback's (the same sequences per step)
     1:*) par=$tset ;;
     *:cp) par="--set context_parallel=$VG $tset" ;;
